@@ -1,0 +1,23 @@
+"""Configuration for every sdqueue process: one pydantic-settings object, read once from `SDQUEUE_*`."""
+
+from sdqueue.config.s3 import make_s3_client
+from sdqueue.config.settings import (
+    AuthSettings,
+    BrokerSettings,
+    LimitSettings,
+    RuntimeSettings,
+    S3Settings,
+    Settings,
+    load_settings,
+)
+
+__all__ = [
+    "AuthSettings",
+    "BrokerSettings",
+    "LimitSettings",
+    "RuntimeSettings",
+    "S3Settings",
+    "Settings",
+    "load_settings",
+    "make_s3_client",
+]

@@ -1,0 +1,172 @@
+"""The one settings object. Built by `load_settings()` at a process entry point and passed down, never global."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sdqueue.contracts.request import MODEL_ALIAS_PATTERN
+from sdqueue.contracts.tokens import AUDIENCE
+from sdqueue.contracts.topology import DEFAULT_MODEL_ALIAS
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "SDQUEUE_"
+MIN_HMAC_SECRET_BYTES = 32
+Algorithm = Literal["HS256", "HS384", "HS512", "EdDSA", "ES256", "RS256"]
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerSettings(_Group):
+    """RabbitMQ connection and delivery behaviour."""
+
+    url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="AMQP URL, credentials included."
+    )
+    connect_timeout_s: PositiveFloat = Field(default=10.0, description="Limit for one connection attempt.")
+    publish_timeout_s: PositiveFloat = Field(default=10.0, description="Limit for one publish and its confirm.")
+    heartbeat_s: Annotated[int, Field(ge=0)] = Field(default=60, description="AMQP heartbeat; 0 disables it.")
+    prefetch: PositiveInt = Field(default=1, description="Unacked requests a worker holds at once.")
+    delivery_limit: PositiveInt = Field(default=3, description="Redeliveries before a request is dead-lettered.")
+
+
+class S3Settings(_Group):
+    """The S3-compatible bucket that holds init images, outputs and result records."""
+
+    endpoint_url: str | None = Field(default=None, description="Endpoint; unset means AWS S3.")
+    region: str = Field(default="us-east-1", description="Signing region.")
+    bucket: str = Field(default="sdqueue", description="Bucket name.")
+    access_key_id: str | None = Field(default=None, description="Access key; unset uses boto3's default chain.")
+    secret_access_key: SecretStr | None = Field(default=None, description="Secret key paired with the access key.")
+    url_ttl_s: PositiveInt = Field(default=3600, description="Lifetime of presigned image URLs in events.")
+    public_base_url: str | None = Field(
+        default=None, description="If set, image URLs are this base plus the key instead of presigned URLs."
+    )
+    timeout_s: PositiveFloat = Field(default=10.0, description="Connect and read timeout of one S3 call.")
+    max_attempts: PositiveInt = Field(default=3, description="boto3 retry attempts for one S3 call.")
+
+
+class AuthSettings(_Group):
+    """How request tokens are verified (worker) and minted (trusted producers, dev CLI)."""
+
+    issuers: tuple[str, ...] = Field(default=("sdqueue",), min_length=1, description="Accepted `iss` values.")
+    audience: str = Field(default=AUDIENCE, description="Required `aud`.")
+    algorithms: tuple[Algorithm, ...] = Field(default=("HS256",), min_length=1, description="Allow-listed algorithms.")
+    hs256_secret: SecretStr | None = Field(default=None, description="Shared HMAC secret, at least 32 bytes.")
+    jwks_file: Path | None = Field(default=None, description="JWKS file with public keys, picked by `kid`.")
+    leeway_s: Annotated[float, Field(ge=0, le=300)] = Field(default=0.0, description="Clock skew allowed.")
+    token_ttl_s: PositiveInt = Field(default=3600, description="`exp` of tokens minted by the CLI: how long to wait.")
+
+    @field_validator("hs256_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        return value
+
+
+class LimitSettings(_Group):
+    """Caps the worker enforces before any heavy work."""
+
+    max_pixels: PositiveInt = Field(default=1024 * 1024, description="Largest width x height of one image.")
+    max_steps: Annotated[int, Field(ge=1, le=150)] = Field(default=150, description="Most denoising steps.")
+    max_images: Annotated[int, Field(ge=1, le=8)] = Field(default=8, description="Most images in one job.")
+    max_body_bytes: PositiveInt = Field(default=8 * 1024 * 1024, description="Largest request body.")
+    max_inline_image_bytes: PositiveInt = Field(default=4 * 1024 * 1024, description="Largest decoded inline image.")
+    max_init_image_bytes: PositiveInt = Field(default=16 * 1024 * 1024, description="Largest init image by key.")
+    max_init_image_pixels: PositiveInt = Field(
+        default=4096 * 4096, description="Largest decoded init image; bigger is a decompression bomb."
+    )
+
+
+class RuntimeSettings(_Group):
+    """Where and how the model runs."""
+
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")] = Field(
+        default="auto", description="`auto` picks CUDA when present, else CPU."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="`auto`: float16 on CUDA, float32 on CPU."
+    )
+    threads: PositiveInt | None = Field(default=None, description="torch CPU threads; unset keeps torch's choice.")
+    attention_slicing: bool = Field(default=False, description="Trade speed for memory on small GPUs.")
+
+
+class Settings(BaseSettings):
+    """Everything an sdqueue process reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid", case_sensitive=False
+    )
+
+    state_dir: Path = Field(default=Path(".sdqueue"), description="Local state: built models, dev servers' data.")
+    worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="Name.")
+    model: str | None = Field(default=None, description="Hub id or folder of the `default` model alias.")
+    models: dict[Annotated[str, Field(pattern=MODEL_ALIAS_PATTERN)], str] = Field(
+        default_factory=dict, description="More aliases: alias -> Hub id or folder."
+    )
+    shutdown_grace_s: PositiveFloat = Field(default=30.0, description="Time in-flight jobs get on SIGTERM.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        """Where the offline tiny model is built when no model is configured."""
+        return self.state_dir / "models" / "tiny"
+
+    def model_sources(self) -> dict[str, str]:
+        """Map each served alias to its source; with nothing configured, `default` is the tiny model."""
+        sources = dict(self.models)
+        if self.model is not None:
+            sources[DEFAULT_MODEL_ALIAS] = self.model
+        if not sources:
+            sources[DEFAULT_MODEL_ALIAS] = str(self.tiny_model_dir)
+        return sources
+
+
+def load_settings() -> Settings:
+    """Build the settings from the environment, warning about `SDQUEUE_*` variables that no field reads."""
+    for name in unknown_variables(os.environ):
+        log.warning("ignoring %s: no setting has that name", name)
+    return Settings()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """List the `SDQUEUE_*` variables that name no setting (pydantic-settings ignores them silently)."""
+    known = _known_names()
+    unknown = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        head, _, tail = upper.removeprefix(ENV_PREFIX).partition("__")
+        if head not in known or (tail and tail.split("__")[0] not in known[head] and known[head] != {"*"}):
+            unknown.append(name)
+    return sorted(unknown)
+
+
+def _known_names() -> dict[str, set[str]]:
+    names: dict[str, set[str]] = {}
+    for field_name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names[field_name.upper()] = {sub.upper() for sub in annotation.model_fields}
+        elif field_name == "models":
+            names[field_name.upper()] = {"*"}
+        else:
+            names[field_name.upper()] = set()
+    return names

@@ -1,0 +1,86 @@
+"""The generation request: the JSON body a client publishes to `sdqueue.requests`."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+SCHEMA_VERSION: Literal[1] = 1
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MODEL_ALIAS_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+MAX_SEED = 2**32 - 1
+MAX_METADATA_ENTRIES = 16
+
+JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
+ModelAlias = Annotated[str, StringConstraints(pattern=MODEL_ALIAS_PATTERN)]
+Mode = Literal["txt2img", "img2img"]
+OutputFormat = Literal["png", "webp", "jpeg"]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=1024)]
+
+
+def _multiple_of_8(value: int) -> int:
+    if value % 8:
+        raise ValueError("must be a multiple of 8")
+    return value
+
+
+class InitImageKey(BaseModel):
+    """An init image the client already put in the bucket (normally `inputs/<job_id>/init.<ext>`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+
+
+class InitImageData(BaseModel):
+    """An init image sent inline as base64; the worker caps its decoded size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    data: Annotated[str, StringConstraints(min_length=1)]
+
+
+class GenerationRequest(BaseModel):
+    """One txt2img or img2img job. Unknown fields are rejected, never ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    schema_version: Literal[1]
+    job_id: JobId
+    mode: Mode
+    model: ModelAlias = "default"
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+    negative_prompt: Annotated[str, StringConstraints(max_length=4000)] = ""
+    width: Annotated[int, Field(ge=64)] = 512
+    height: Annotated[int, Field(ge=64)] = 512
+    steps: Annotated[int, Field(ge=1, le=150)] = 25
+    guidance_scale: Annotated[float, Field(ge=0, le=30)] = 7.5
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    num_images: Annotated[int, Field(ge=1, le=8)] = 1
+    scheduler: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
+    strength: Annotated[float, Field(gt=0, le=1)] | None = None
+    init_image: InitImageKey | InitImageData | None = None
+    output_format: OutputFormat = "png"
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_ENTRIES)] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> Self:
+        _multiple_of_8(self.width)
+        _multiple_of_8(self.height)
+        if self.mode == "img2img" and self.init_image is None:
+            raise ValueError("img2img needs init_image")
+        if self.mode == "txt2img" and (self.init_image is not None or self.strength is not None):
+            raise ValueError("init_image and strength are for img2img only")
+        if not math.isfinite(self.guidance_scale):
+            raise ValueError("guidance_scale must be finite")
+        return self
+
+    @property
+    def effective_strength(self) -> float:
+        """The img2img strength, with the contract's default of 0.75."""
+        return 0.75 if self.strength is None else self.strength

@@ -1,0 +1,44 @@
+"""Broker names, routing keys, headers and storage keys shared by every producer and consumer."""
+
+from __future__ import annotations
+
+REQUESTS_EXCHANGE = "sdqueue.requests"
+DEAD_EXCHANGE = "sdqueue.dead"
+DEAD_QUEUE = "sdqueue.dead"
+EVENTS_EXCHANGE = "sdqueue.events"
+CONTROL_EXCHANGE = "sdqueue.control"
+REQUESTS_QUEUE_PREFIX = "sdqueue.requests."
+
+AUTHORIZATION_HEADER = "authorization"
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+DEFAULT_MODEL_ALIAS = "default"
+
+
+def requests_queue(alias: str) -> str:
+    """Name the quorum queue that holds requests for one model alias."""
+    return f"{REQUESTS_QUEUE_PREFIX}{alias}"
+
+
+def event_routing_key(job_id: str, event_type: str) -> str:
+    """Routing key of one event on the topic exchange: `job.<job_id>.<type>`."""
+    return f"job.{job_id}.{event_type}"
+
+
+def job_events_pattern(job_id: str) -> str:
+    """Binding pattern that matches every event of one job."""
+    return f"job.{job_id}.*"
+
+
+def output_key(job_id: str, index: int, extension: str) -> str:
+    """Object key of generated image `index` of a job."""
+    return f"outputs/{job_id}/{index}.{extension}"
+
+
+def input_key(job_id: str, extension: str) -> str:
+    """Object key under which a client uploads a job's init image."""
+    return f"inputs/{job_id}/init.{extension}"
+
+
+def record_key(job_id: str) -> str:
+    """Object key of a job's result record: its terminal event."""
+    return f"jobs/{job_id}.json"
