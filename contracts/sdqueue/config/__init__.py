@@ -9,6 +9,7 @@ from sdqueue.config.settings import (
     S3Settings,
     Settings,
     load_settings,
+    to_environment,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Settings",
     "load_settings",
     "make_s3_client",
+    "to_environment",
 ]

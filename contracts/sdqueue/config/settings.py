@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -110,7 +111,9 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path = Field(default=Path(".sdqueue"), description="Local state: built models, dev servers' data.")
-    worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="Name.")
+    worker_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="Worker name in events and logs."
+    )
     model: str | None = Field(default=None, description="Hub id or folder of the `default` model alias.")
     models: dict[Annotated[str, Field(pattern=MODEL_ALIAS_PATTERN)], str] = Field(
         default_factory=dict, description="More aliases: alias -> Hub id or folder."
@@ -170,3 +173,29 @@ def _known_names() -> dict[str, set[str]]:
         else:
             names[field_name.upper()] = set()
     return names
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """The `SDQUEUE_*` variables that rebuild these settings in a child process (secrets included; `worker_name`
+    left out so each child names itself)."""
+    env: dict[str, str] = {}
+    for name, value in settings:
+        if name == "worker_name":
+            continue
+        if isinstance(value, BaseModel):
+            for sub_name, sub_value in value:
+                _put(env, f"{ENV_PREFIX}{name}__{sub_name}".upper(), sub_value)
+        else:
+            _put(env, f"{ENV_PREFIX}{name}".upper(), value)
+    return env
+
+
+def _put(env: dict[str, str], key: str, value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, SecretStr):
+        env[key] = value.get_secret_value()
+    elif isinstance(value, str | Path):
+        env[key] = str(value)
+    else:
+        env[key] = json.dumps(value)

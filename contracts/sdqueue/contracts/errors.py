@@ -11,8 +11,8 @@ class ErrorCode(StrEnum):
     """Every reason a job can end without images. Adding one is a contract change; renaming one breaks callers."""
 
     UNAUTHENTICATED = "unauthenticated"
-    INVALID_TOKEN = "invalid_token"
-    TOKEN_EXPIRED = "token_expired"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105  # an error code, not a secret
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105  # an error code, not a secret
     BODY_MISMATCH = "body_mismatch"
     FORBIDDEN = "forbidden"
     INVALID_REQUEST = "invalid_request"

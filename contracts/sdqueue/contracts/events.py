@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from sdqueue.contracts.errors import ErrorInfo
 from sdqueue.contracts.request import JobId, OutputFormat
@@ -30,6 +30,12 @@ class _Event(BaseModel):
     attempt: Annotated[int, Field(ge=1)]
     at: AwareDatetime = Field(default_factory=utc_now)
     metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        # The contract says `at` is UTC; an aware time in another zone is converted, not echoed with its offset.
+        return value.astimezone(UTC)
 
 
 class ImageInfo(BaseModel):

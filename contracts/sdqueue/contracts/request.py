@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 SCHEMA_VERSION: Literal[1] = 1
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -21,10 +21,12 @@ MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=1024)]
 
 
-def _multiple_of_8(value: int) -> int:
-    if value % 8:
-        raise ValueError("must be a multiple of 8")
-    return value
+# The JSON Schema form of `_check_shape`'s mode rules, so that the generated schema says what the model enforces.
+_MODE_RULES_SCHEMA: dict[str, JsonValue] = {
+    "if": {"properties": {"mode": {"const": "img2img"}}, "required": ["mode"]},
+    "then": {"required": ["init_image"], "properties": {"init_image": {"not": {"type": "null"}}}},
+    "else": {"properties": {"init_image": {"type": "null"}, "strength": {"type": "null"}}},
+}
 
 
 class InitImageKey(BaseModel):
@@ -46,7 +48,9 @@ class InitImageData(BaseModel):
 class GenerationRequest(BaseModel):
     """One txt2img or img2img job. Unknown fields are rejected, never ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, allow_inf_nan=False, json_schema_extra=_MODE_RULES_SCHEMA
+    )
 
     schema_version: Literal[1]
     job_id: JobId
@@ -54,8 +58,8 @@ class GenerationRequest(BaseModel):
     model: ModelAlias = "default"
     prompt: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
     negative_prompt: Annotated[str, StringConstraints(max_length=4000)] = ""
-    width: Annotated[int, Field(ge=64)] = 512
-    height: Annotated[int, Field(ge=64)] = 512
+    width: Annotated[int, Field(ge=64, multiple_of=8)] = 512
+    height: Annotated[int, Field(ge=64, multiple_of=8)] = 512
     steps: Annotated[int, Field(ge=1, le=150)] = 25
     guidance_scale: Annotated[float, Field(ge=0, le=30)] = 7.5
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
@@ -70,8 +74,6 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:
-        _multiple_of_8(self.width)
-        _multiple_of_8(self.height)
         if self.mode == "img2img" and self.init_image is None:
             raise ValueError("img2img needs init_image")
         if self.mode == "txt2img" and (self.init_image is not None or self.strength is not None):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 REQUESTS_EXCHANGE = "sdqueue.requests"
 DEAD_EXCHANGE = "sdqueue.dead"
 DEAD_QUEUE = "sdqueue.dead"
@@ -12,6 +14,18 @@ REQUESTS_QUEUE_PREFIX = "sdqueue.requests."
 AUTHORIZATION_HEADER = "authorization"
 DELIVERY_COUNT_HEADER = "x-delivery-count"
 DEFAULT_MODEL_ALIAS = "default"
+DEFAULT_DELIVERY_LIMIT = 3
+
+
+def request_queue_arguments(delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> dict[str, Any]:
+    """Arguments of a request queue; a redeclare with other values fails, so they come from this one place."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
 
 
 def requests_queue(alias: str) -> str:

@@ -1,0 +1,5 @@
+"""`python -m sdqueue`: the same command tree as the `sdqueue` console script."""
+
+from sdqueue.client.cli import main
+
+raise SystemExit(main())

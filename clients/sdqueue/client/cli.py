@@ -1,0 +1,244 @@
+"""The `sdqueue` command. Client commands stay light; worker, model and dev-stack commands import lazily."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import getpass
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sdqueue.client.client import SdqueueClient
+from sdqueue.client.errors import ClientError
+from sdqueue.client.jobs import new_job_id
+from sdqueue.client.tokens import mint_token
+from sdqueue.config import load_settings
+from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest, InitImageData, InitImageKey, SucceededEvent
+
+log = logging.getLogger("sdqueue")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sdqueue` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ClientError as exc:
+        print(f"sdqueue: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command tree."""
+    parser = argparse.ArgumentParser(prog="sdqueue", description="Stable Diffusion over RabbitMQ and S3.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_generate(commands)
+    _add_img2img(commands)
+    _add_token(commands)
+    _add_service_commands(commands)
+    return parser
+
+
+def _generation_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("-o", "--output", type=Path, help="where to write the image (default: <job_id>.<ext>)")
+    options.add_argument("--model", default="default", help="model alias (default: default)")
+    options.add_argument("--negative", default="", help="negative prompt")
+    options.add_argument("--width", type=int, default=512)
+    options.add_argument("--height", type=int, default=512)
+    options.add_argument("--steps", type=int, default=25)
+    options.add_argument("--guidance", type=float, default=7.5, help="guidance scale")
+    options.add_argument("--seed", type=int, help="seed (default: derived from the job id)")
+    options.add_argument("--num-images", type=int, default=1)
+    options.add_argument("--scheduler", help="scheduler name, e.g. euler, dpmpp_2m")
+    options.add_argument("--format", dest="output_format", choices=("png", "webp", "jpeg"), default="png")
+    options.add_argument("--job-id", help="job id (default: a fresh one)")
+    options.add_argument("--subject", default=getpass.getuser(), help="token subject (default: your user name)")
+    options.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the result")
+    return options
+
+
+def _add_generate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("generate", parents=[_generation_options()], help="txt2img: prompt to image")
+    parser.add_argument("prompt")
+    parser.set_defaults(handler=lambda args: asyncio.run(_generate(args, init_path=None)))
+
+
+def _add_img2img(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("img2img", parents=[_generation_options()], help="img2img: image + prompt to image")
+    parser.add_argument("init", type=Path, help="init image (PNG, JPEG or WebP)")
+    parser.add_argument("prompt")
+    parser.add_argument("--strength", type=float, default=0.75)
+    parser.add_argument("--inline", action="store_true", help="send the image in the request instead of the bucket")
+    parser.set_defaults(handler=lambda args: asyncio.run(_generate(args, init_path=args.init)))
+
+
+def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("token", help="mint a dev token (HS256) for an exact request body")
+    parser.add_argument("body", type=Path, help="file with the exact request body bytes")
+    parser.add_argument("--subject", default=getpass.getuser())
+    parser.add_argument("--scope", default="sdqueue:generate")
+    parser.add_argument("--ttl", type=float, help="seconds until the job must have started")
+    parser.set_defaults(handler=_token)
+
+
+def _add_service_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    commands.add_parser("worker", help="run the worker").set_defaults(handler=_worker)
+    model = commands.add_parser("model", help="model tools").add_subparsers(required=True, metavar="ACTION")
+    tiny = model.add_parser("tiny", help="build the offline tiny SD pipeline")
+    tiny.add_argument("path", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=_model_tiny)
+    storage = commands.add_parser("storage", help="dev S3 server").add_subparsers(required=True, metavar="ACTION")
+    storage.add_parser("serve", help="run SeaweedFS on loopback with keys enforced").set_defaults(handler=_storage)
+    broker = commands.add_parser("broker", help="dev broker").add_subparsers(required=True, metavar="ACTION")
+    broker.add_parser("ensure", help="start (or install) a local RabbitMQ if none answers").set_defaults(
+        handler=_broker_ensure
+    )
+    contract = commands.add_parser("contract", help="contract files").add_subparsers(required=True, metavar="ACTION")
+    write = contract.add_parser("write", help="regenerate docs/schemas, docs/asyncapi.yaml, docs/configuration.md")
+    write.add_argument("--root", type=Path, default=Path())
+    write.add_argument("--check", action="store_true", help="only report stale files; exit 1 if any")
+    write.set_defaults(handler=_contract_write)
+    demo = commands.add_parser("demo", help="run the whole stack on loopback and generate one image")
+    demo.add_argument("prompt", nargs="?", default="a dog with a hat")
+    demo.set_defaults(handler=_demo)
+
+
+def request_from_args(
+    args: argparse.Namespace, *, job_id: str, init: InitImageKey | InitImageData | None
+) -> GenerationRequest:
+    """Build the wire request from command-line options."""
+    return GenerationRequest(
+        schema_version=SCHEMA_VERSION,
+        job_id=job_id,
+        mode="img2img" if init is not None else "txt2img",
+        model=args.model,
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        width=args.width,
+        height=args.height,
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        num_images=args.num_images,
+        scheduler=args.scheduler,
+        strength=args.strength if init is not None else None,
+        init_image=init,
+        output_format=args.output_format,
+    )
+
+
+async def _generate(args: argparse.Namespace, *, init_path: Path | None) -> int:
+    settings = load_settings()
+    job_id = args.job_id or new_job_id()
+    async with SdqueueClient(settings, subject=args.subject) as client:
+        init = await _init_image(client, init_path, job_id=job_id, inline=getattr(args, "inline", False))
+        request = request_from_args(args, job_id=job_id, init=init)
+        event = await client.generate(request, timeout_s=args.timeout)
+        await save_images(client, event, output=args.output)
+    return 0
+
+
+async def _init_image(
+    client: SdqueueClient, path: Path | None, *, job_id: str, inline: bool
+) -> InitImageKey | InitImageData | None:
+    if path is None:
+        return None
+    data = await asyncio.to_thread(path.read_bytes)
+    if inline:
+        return InitImageData(data=base64.b64encode(data).decode("ascii"))
+    extension = path.suffix.lstrip(".").lower() or "png"
+    return await client.upload_init_image(job_id, data, extension=extension)
+
+
+async def save_images(client: SdqueueClient, event: SucceededEvent, *, output: Path | None) -> list[Path]:
+    """Download every image of a finished job, write it to disk and print where it is."""
+    paths = []
+    print(f"job   {event.job_id}")
+    for image in event.images:
+        path = _output_path(output, job_id=event.job_id, index=image.index, count=len(event.images), key=image.key)
+        data = await client.fetch_image(image)
+        await asyncio.to_thread(_write_file, path, data)
+        print(f"key   {image.key}")
+        print(f"url   {image.url}")
+        print(f"path  {path.resolve()}")
+        print(f"seed  {image.seed}  {image.width}x{image.height}  {image.size} bytes")
+        paths.append(path)
+    return paths
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _output_path(output: Path | None, *, job_id: str, index: int, count: int, key: str) -> Path:
+    extension = key.rsplit(".", 1)[-1]
+    if output is None:
+        return Path(f"{job_id}-{index}.{extension}" if count > 1 else f"{job_id}.{extension}")
+    return output if count == 1 else output.with_name(f"{output.stem}-{index}{output.suffix}")
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    body = args.body.read_bytes()
+    request = GenerationRequest.model_validate_json(body)
+    scopes = tuple(args.scope.split())
+    print(
+        mint_token(body, job_id=request.job_id, subject=args.subject, auth=settings.auth, scopes=scopes, ttl_s=args.ttl)
+    )
+    return 0
+
+
+def _worker(_: argparse.Namespace) -> int:
+    from sdqueue.worker.__main__ import main as worker_main
+
+    return worker_main()
+
+
+def _model_tiny(args: argparse.Namespace) -> int:
+    from sdqueue.worker.generate import build_tiny_model
+
+    print(build_tiny_model(args.path, seed=args.seed))
+    return 0
+
+
+def _storage(_: argparse.Namespace) -> int:
+    from sdqueue.devstack.seaweed import serve_storage
+
+    return serve_storage(load_settings())
+
+
+def _broker_ensure(_: argparse.Namespace) -> int:
+    from sdqueue.devstack.rabbit import ensure_rabbitmq
+
+    ensure_rabbitmq(load_settings().broker.url.get_secret_value())
+    return 0
+
+
+def _contract_write(args: argparse.Namespace) -> int:
+    from sdqueue.config.reference import stale_configuration_doc, write_configuration_doc
+    from sdqueue.contracts.schema import stale_contract_files, write_contract_files
+
+    if args.check:
+        stale = stale_contract_files(args.root) + (
+            ["docs/configuration.md"] if stale_configuration_doc(args.root) else []
+        )
+        for name in stale:
+            print(f"stale: {name}")
+        return 1 if stale else 0
+    for written in [*write_contract_files(args.root), write_configuration_doc(args.root)]:
+        print(written)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sdqueue.devstack.demo import run_demo
+
+    return run_demo(load_settings(), prompt=args.prompt)

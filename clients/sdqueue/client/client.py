@@ -1,0 +1,297 @@
+"""The async sdqueue client: publish signed requests, follow their events, fetch their images."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Self, TypeVar
+
+import aio_pika
+import httpx
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, DeliveryError, PublishError
+from pydantic import ValidationError
+
+from sdqueue.client import storage
+from sdqueue.client.errors import (
+    BrokerUnavailable,
+    ClientError,
+    JobFailed,
+    RequestRefused,
+    UnroutableRequest,
+    WaitTimeout,
+)
+from sdqueue.client.tokens import bearer, mint_token
+from sdqueue.config import Settings, make_s3_client
+from sdqueue.contracts import (
+    CancelledEvent,
+    FailedEvent,
+    GenerationRequest,
+    ImageInfo,
+    InitImageKey,
+    JobEvent,
+    SucceededEvent,
+    TerminalEvent,
+    parse_event,
+    utc_now,
+)
+from sdqueue.contracts.topology import (
+    AUTHORIZATION_HEADER,
+    EVENTS_EXCHANGE,
+    REQUESTS_EXCHANGE,
+    job_events_pattern,
+    requests_queue,
+)
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+NO_ROUTE = 312
+T = TypeVar("T")
+RECORD_POLL_INTERVAL_S = 5.0
+
+
+class SdqueueClient:
+    """One broker connection with publisher confirms and a private reply queue, plus S3 and HTTP clients.
+
+    Use as `async with SdqueueClient(settings) as client:`.
+    """
+
+    def __init__(self, settings: Settings, *, subject: str = "sdqueue-client") -> None:
+        self._settings = settings
+        self._subject = subject
+        self._watchers: dict[str, asyncio.Queue[JobEvent]] = {}
+        self._bound: set[str] = set()
+        self._submitted: set[str] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._replies: AbstractQueue | None = None
+        self._s3: S3Client = make_s3_client(settings.s3)
+        self._http = httpx.AsyncClient(timeout=settings.s3.timeout_s)
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect to the broker and start listening on a private, exclusive reply queue.
+
+        Raises:
+            BrokerUnavailable: the broker could not be reached in time.
+        """
+        broker = self._settings.broker
+        try:
+            async with asyncio.timeout(broker.connect_timeout_s):
+                self._connection = await aio_pika.connect_robust(
+                    broker.url.get_secret_value(), heartbeat=broker.heartbeat_s
+                )
+                self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._replies = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+                await self._replies.consume(self._on_event, no_ack=True)
+        except (AMQPError, OSError, TimeoutError) as exc:
+            await self.close()
+            raise BrokerUnavailable("could not connect to the broker") from exc
+
+    async def close(self) -> None:
+        """Close the broker connection and the HTTP client."""
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+        await self._http.aclose()
+
+    async def submit(self, request: GenerationRequest, *, token: str | None = None) -> str:
+        """Publish a request with mandatory routing and wait for the broker's confirm; returns the job id.
+
+        Without `token`, one is minted for this client's subject with the configured HS256 secret.
+
+        Raises:
+            UnroutableRequest: no worker queue serves `request.model`.
+            RequestRefused: the broker refused the message (queue full).
+            BrokerUnavailable: no confirm in time.
+        """
+        body = request.model_dump_json(exclude_defaults=False).encode()
+        if token is None:
+            token = mint_token(body, job_id=request.job_id, subject=self._subject, auth=self._settings.auth)
+        self._watchers.setdefault(request.job_id, asyncio.Queue())
+        self._submitted.add(request.job_id)
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=request.job_id,
+            correlation_id=request.job_id,
+            reply_to=self._reply_queue().name,
+            timestamp=utc_now(),
+            headers={AUTHORIZATION_HEADER: bearer(token)},
+        )
+        await self.publish_raw(message, routing_key=request.model)
+        return request.job_id
+
+    async def publish_raw(self, message: aio_pika.Message, *, routing_key: str) -> None:
+        """Publish an already built request message (any body, any headers) to the requests exchange.
+
+        Raises:
+            UnroutableRequest, RequestRefused, BrokerUnavailable: as for `submit`.
+        """
+        exchange = await self._exchange(REQUESTS_EXCHANGE)
+        try:
+            async with asyncio.timeout(self._settings.broker.publish_timeout_s):
+                await exchange.publish(message, routing_key=routing_key, mandatory=True)
+        except PublishError as exc:
+            if exc.message is not None and getattr(exc.frame, "reply_code", None) == NO_ROUTE:
+                raise UnroutableRequest(routing_key) from exc
+            raise RequestRefused("the broker refused the request") from exc
+        except DeliveryError as exc:
+            raise RequestRefused("the broker refused the request") from exc
+        except (AMQPError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable("the broker did not confirm the request") from exc
+
+    async def events(self, job_id: str, *, timeout_s: float = 600.0) -> AsyncIterator[JobEvent]:
+        """Yield the job's events as they arrive, ending with its terminal event.
+
+        Raises:
+            WaitTimeout: no terminal event within `timeout_s`.
+        """
+        queue = await self._watch(job_id)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                event = await self._next_event(job_id, queue, deadline=deadline)
+                yield event
+                if isinstance(event, SucceededEvent | FailedEvent | CancelledEvent):
+                    return
+        finally:
+            await self._unwatch(job_id)
+
+    async def wait(self, job_id: str, *, timeout_s: float = 600.0) -> TerminalEvent:
+        """Return the job's terminal event (from the broker, or its record in the bucket).
+
+        Raises:
+            WaitTimeout: the job did not finish within `timeout_s`.
+        """
+        async for event in self.events(job_id, timeout_s=timeout_s):
+            if isinstance(event, SucceededEvent | FailedEvent | CancelledEvent):
+                return event
+        raise WaitTimeout(f"job {job_id} did not finish")
+
+    async def generate(
+        self, request: GenerationRequest, *, token: str | None = None, timeout_s: float = 600.0
+    ) -> SucceededEvent:
+        """Submit a request and wait for its images.
+
+        Raises:
+            JobFailed: the job failed or was cancelled.
+            WaitTimeout, UnroutableRequest, RequestRefused, BrokerUnavailable: see `submit` and `wait`.
+        """
+        await self.submit(request, token=token)
+        event = await self.wait(request.job_id, timeout_s=timeout_s)
+        if not isinstance(event, SucceededEvent):
+            raise JobFailed(event)
+        return event
+
+    async def fetch_image(self, image: ImageInfo) -> bytes:
+        """Download one image by its event URL, checked against its sha256."""
+        return await storage.fetch_image(self._http, image)
+
+    async def read_record(self, job_id: str) -> TerminalEvent | None:
+        """The job's stored terminal event, or None if it has not finished."""
+        return await storage.read_record(self._s3, s3=self._settings.s3, job_id=job_id)
+
+    async def upload_init_image(self, job_id: str, data: bytes, *, extension: str) -> InitImageKey:
+        """Upload an init image for an img2img job and return its reference."""
+        return await storage.upload_init_image(
+            self._s3, s3=self._settings.s3, job_id=job_id, data=data, extension=extension
+        )
+
+    async def wait_for_workers(self, model: str, *, timeout_s: float = 60.0) -> int:
+        """Wait until at least one worker consumes the model's queue; returns the consumer count.
+
+        Raises:
+            WaitTimeout: no worker within `timeout_s`.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            count = await self._consumer_count(requests_queue(model))
+            if count:
+                return count
+            await asyncio.sleep(0.2)
+        raise WaitTimeout(f"no worker serves {model!r}")
+
+    async def _consumer_count(self, queue_name: str) -> int:
+        """Inspect a worker queue without declaring it: a passive declare on a throwaway channel."""
+        connection = _require(self._connection)
+        channel = await connection.channel()
+        try:
+            queue = await channel.declare_queue(queue_name, passive=True)
+        except ChannelNotFoundEntity:
+            return 0
+        else:
+            result = queue.declaration_result
+            await channel.close()
+            return int(result.consumer_count or 0)
+
+    async def _watch(self, job_id: str) -> asyncio.Queue[JobEvent]:
+        """Start receiving a job's events; for a job this client did not submit, bind to its routing keys."""
+        queue = self._watchers.setdefault(job_id, asyncio.Queue())
+        if job_id not in self._bound and job_id not in self._submitted:
+            await self._reply_queue().bind(
+                await self._exchange(EVENTS_EXCHANGE), routing_key=job_events_pattern(job_id)
+            )
+            self._bound.add(job_id)
+        return queue
+
+    async def _unwatch(self, job_id: str) -> None:
+        self._watchers.pop(job_id, None)
+        self._submitted.discard(job_id)
+        if job_id in self._bound:
+            self._bound.discard(job_id)
+            events = await self._exchange(EVENTS_EXCHANGE)
+            await self._reply_queue().unbind(events, routing_key=job_events_pattern(job_id))
+
+    async def _next_event(self, job_id: str, queue: asyncio.Queue[JobEvent], *, deadline: float) -> JobEvent:
+        """The next event from the broker; every few seconds also look for the record in case events were lost."""
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(min(remaining, RECORD_POLL_INTERVAL_S)):
+                    return await queue.get()
+            except TimeoutError:
+                record = await self.read_record(job_id)
+                if record is not None:
+                    return record
+        raise WaitTimeout(f"job {job_id} did not finish in time")
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = parse_event(message.body)
+        except ValidationError:
+            log.warning("ignoring a reply that is not an sdqueue event")
+            return
+        queue = self._watchers.get(event.job_id)
+        if queue is not None:
+            queue.put_nowait(event)
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        return await _require(self._channel).get_exchange(name, ensure=False)
+
+    def _reply_queue(self) -> AbstractQueue:
+        return _require(self._replies)
+
+
+def _require(value: T | None) -> T:
+    if value is None:
+        raise ClientError("the client is not connected; use `async with SdqueueClient(settings)`")
+    return value

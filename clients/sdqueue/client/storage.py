@@ -1,0 +1,73 @@
+"""The client's view of the bucket: upload init images, read result records, download images by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import TYPE_CHECKING
+
+import httpx
+from botocore.exceptions import BotoCoreError
+from botocore.exceptions import ClientError as BotoClientError
+
+from sdqueue.client.errors import StorageUnavailable
+from sdqueue.config import S3Settings
+from sdqueue.contracts import ImageInfo, InitImageKey, TerminalEvent, parse_terminal_event
+from sdqueue.contracts.topology import input_key, record_key
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+INIT_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+async def upload_init_image(
+    client: S3Client, *, s3: S3Settings, job_id: str, data: bytes, extension: str
+) -> InitImageKey:
+    """Put an img2img init image at `inputs/<job_id>/init.<ext>` and return the reference a request carries.
+
+    Raises:
+        StorageUnavailable: the upload failed.
+    """
+    key = input_key(job_id, extension)
+    content_type = INIT_CONTENT_TYPES.get(extension, "application/octet-stream")
+    try:
+        await asyncio.to_thread(client.put_object, Bucket=s3.bucket, Key=key, Body=data, ContentType=content_type)
+    except (BotoCoreError, BotoClientError) as exc:
+        raise StorageUnavailable("could not upload the init image") from exc
+    return InitImageKey(key=key)
+
+
+async def read_record(client: S3Client, *, s3: S3Settings, job_id: str) -> TerminalEvent | None:
+    """Return the job's result record (its terminal event), or None if it has not finished.
+
+    Raises:
+        StorageUnavailable: the bucket could not be read.
+    """
+    try:
+        response = await asyncio.to_thread(client.get_object, Bucket=s3.bucket, Key=record_key(job_id))
+        body = await asyncio.to_thread(response["Body"].read)
+    except BotoClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
+            return None
+        raise StorageUnavailable("could not read the job's record") from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailable("could not read the job's record") from exc
+    return parse_terminal_event(body)
+
+
+async def fetch_image(http: httpx.AsyncClient, image: ImageInfo) -> bytes:
+    """Download one image from its event URL and check it against the event's sha256.
+
+    Raises:
+        StorageUnavailable: the download failed or the bytes do not match.
+    """
+    try:
+        response = await http.get(image.url)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise StorageUnavailable(f"could not download {image.key}") from exc
+    if hashlib.sha256(response.content).hexdigest() != image.sha256:
+        raise StorageUnavailable(f"downloaded {image.key} does not match its sha256")
+    return response.content

@@ -1,0 +1,21 @@
+"""`python -m sdqueue.worker`: run the worker with settings from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sdqueue.config import load_settings
+from sdqueue.worker.logs import setup_logging
+from sdqueue.worker.worker import run_worker
+
+
+def main() -> int:
+    """Load settings once, set up logging, and run the worker until it is told to stop."""
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    asyncio.run(run_worker(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

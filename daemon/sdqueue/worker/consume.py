@@ -1,0 +1,118 @@
+"""Connect to RabbitMQ, declare the contract's topology, and turn incoming messages into `Delivery` values."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from sdqueue.config import BrokerSettings
+from sdqueue.contracts import JOB_ID_PATTERN
+from sdqueue.contracts.topology import (
+    AUTHORIZATION_HEADER,
+    CONTROL_EXCHANGE,
+    DEAD_EXCHANGE,
+    DEAD_QUEUE,
+    DELIVERY_COUNT_HEADER,
+    EVENTS_EXCHANGE,
+    REQUESTS_EXCHANGE,
+    request_queue_arguments,
+    requests_queue,
+)
+
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    """One request message as the later stages need it; `message` stays for the settle stage only."""
+
+    message: AbstractIncomingMessage
+    alias: str
+    body: bytes
+    message_id: str | None
+    authorization: str | None
+    reply_to: str | None
+    correlation_id: str | None
+    delivery_count: int
+    published_at: datetime | None
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first delivery, 2 for the first redelivery, …"""
+        return self.delivery_count + 1
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The exchanges and queues a worker uses once they are declared."""
+
+    events: AbstractExchange
+    requests: dict[str, AbstractQueue]
+
+
+async def connect(broker: BrokerSettings) -> AbstractRobustConnection:
+    """Open a robust connection that reconnects and restores its channels after a broker restart."""
+    async with asyncio.timeout(broker.connect_timeout_s):
+        return await aio_pika.connect_robust(
+            broker.url.get_secret_value(), heartbeat=broker.heartbeat_s, timeout=broker.connect_timeout_s
+        )
+
+
+async def declare_topology(channel: AbstractChannel, *, aliases: Iterable[str], delivery_limit: int) -> Topology:
+    """Declare every exchange and queue of the contract, idempotently, and bind one request queue per alias."""
+    requests = await channel.declare_exchange(REQUESTS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    events = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    await channel.declare_exchange(CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    dead_queue = await channel.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    await dead_queue.bind(dead)
+    queues = {}
+    for alias in aliases:
+        queue = await channel.declare_queue(
+            requests_queue(alias), durable=True, arguments=request_queue_arguments(delivery_limit)
+        )
+        await queue.bind(requests, routing_key=alias)
+        queues[alias] = queue
+    return Topology(events=events, requests=queues)
+
+
+async def consume_jobs(queue: AbstractQueue, *, alias: str, on_delivery: Callable[[Delivery], Awaitable[None]]) -> str:
+    """Start consuming one request queue with manual acks; returns the consumer tag used to cancel."""
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        await on_delivery(to_delivery(message, alias=alias))
+
+    return await queue.consume(on_message, no_ack=False)
+
+
+def to_delivery(message: AbstractIncomingMessage, *, alias: str) -> Delivery:
+    """Read what the pipeline needs from a raw message."""
+    headers = message.headers or {}
+    authorization = headers.get(AUTHORIZATION_HEADER)
+    count = headers.get(DELIVERY_COUNT_HEADER, 0)
+    published_at = message.timestamp
+    if published_at is not None and published_at.tzinfo is None:
+        published_at = published_at.replace(tzinfo=UTC)
+    return Delivery(
+        message=message,
+        alias=alias,
+        body=message.body,
+        message_id=message.message_id if message.message_id and _JOB_ID.match(message.message_id) else None,
+        authorization=authorization if isinstance(authorization, str) else None,
+        reply_to=message.reply_to,
+        correlation_id=message.correlation_id,
+        delivery_count=count if isinstance(count, int) else 0,
+        published_at=published_at,
+    )

@@ -1,0 +1,20 @@
+"""The one narrow interface to diffusers: load a model once, then turn GenerationSpecs into PIL images."""
+
+# Sets the libraries' log levels before anything below imports them.
+from sdqueue.worker.generate import _quiet as _quiet
+from sdqueue.worker.generate._diffusers import load_generator
+from sdqueue.worker.generate._runtime import describe_runtime
+from sdqueue.worker.generate._schedulers import SCHEDULERS
+from sdqueue.worker.generate._spec import GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate.tiny import build_tiny_model, ensure_tiny_model
+
+__all__ = [
+    "SCHEDULERS",
+    "GeneratedImages",
+    "GenerationSpec",
+    "ImageGenerator",
+    "build_tiny_model",
+    "describe_runtime",
+    "ensure_tiny_model",
+    "load_generator",
+]

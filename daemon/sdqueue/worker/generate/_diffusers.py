@@ -1,0 +1,186 @@
+"""The diffusers backend: load a pipeline once, then run txt2img or img2img calls on it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import diffusers
+import numpy as np
+import numpy.typing as npt
+import torch
+import transformers
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+from PIL import Image
+
+from sdqueue.config.settings import RuntimeSettings
+from sdqueue.contracts import Mode
+from sdqueue.worker.errors import Cancelled, GenerationFailed, InvalidRequest, OutOfMemory
+from sdqueue.worker.generate._runtime import apply_threads, resolve_device, resolve_dtype
+from sdqueue.worker.generate._schedulers import compatible_names, make_scheduler
+from sdqueue.worker.generate._spec import GeneratedImages, GenerationSpec, ImageGenerator
+
+log = logging.getLogger(__name__)
+
+# The environment (see _quiet) covers import time; these cover a process that imported the libraries earlier.
+diffusers.utils.logging.set_verbosity_error()
+diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # transformers is partly annotated
+transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers is partly annotated
+
+StepCallback = Callable[[int, int], None]
+StopCheck = Callable[[], bool]
+
+
+def load_generator(source: str, *, runtime: RuntimeSettings) -> ImageGenerator:
+    """Load a diffusers model (local folder or Hub id) for txt2img and img2img on one set of weights; blocks."""
+    apply_threads(runtime)
+    device = resolve_device(runtime)
+    dtype = resolve_dtype(runtime, device=device)
+    text2img = AutoPipelineForText2Image.from_pretrained(source, dtype=dtype)  # type: ignore[no-untyped-call]  # diffusers
+    if getattr(text2img, "safety_checker", None) is not None:
+        # It blacks out images silently (at random, on random weights); moderation belongs before the queue.
+        text2img.safety_checker = None
+    text2img.to(device)
+    if runtime.attention_slicing:
+        text2img.enable_attention_slicing()
+    img2img = AutoPipelineForImage2Image.from_pipe(text2img)
+    return DiffusersGenerator({"txt2img": text2img, "img2img": img2img}, device=device)
+
+
+class DiffusersGenerator:
+    """An ImageGenerator over diffusers pipelines that share their modules."""
+
+    def __init__(self, pipelines: dict[Mode, Any], *, device: torch.device) -> None:
+        for pipeline in pipelines.values():
+            # from_pipe does not carry this setting over, so each pipeline gets it.
+            pipeline.set_progress_bar_config(disable=True)
+        self._pipelines = pipelines
+        self._device = device
+        self._own_scheduler = pipelines["txt2img"].scheduler
+        self._scheduler_names = compatible_names(self._own_scheduler)
+
+    @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        return self._scheduler_names
+
+    def generate(
+        self, spec: GenerationSpec, *, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
+    ) -> GeneratedImages:
+        """Return `len(spec.seeds)` images; for img2img the init image is first resized to width x height.
+
+        Raises:
+            InvalidRequest: unknown scheduler, no seeds, or img2img without an image or with too few steps.
+            Cancelled: `should_stop` returned true before the last step.
+            OutOfMemory: the device ran out of memory.
+            GenerationFailed: the pipeline rejected the input or produced non-finite pixels.
+        """
+        pipeline = self._pipelines[spec.mode]
+        arguments = self._arguments(spec)
+        pipeline.scheduler = self._scheduler(spec.scheduler)
+        warnings = _truncation_warnings(pipeline, spec)
+        hook = _StepHook(on_step=on_step, should_stop=should_stop or _never)
+        if hook.should_stop():
+            raise Cancelled("generation was stopped before it started")
+        pixels = _run(pipeline, arguments, hook)
+        if hook.is_stopped:
+            raise Cancelled("generation was stopped before it finished")
+        return GeneratedImages(images=_to_images(pixels), warnings=warnings)
+
+    def _scheduler(self, name: str | None) -> Any:
+        if name is not None and name not in self._scheduler_names:
+            raise InvalidRequest(f"unknown scheduler {name!r}; this model offers: {', '.join(self._scheduler_names)}")
+        # Schedulers keep per-run state (timesteps, step index, solver history), so each call gets its own.
+        return make_scheduler(name, own=self._own_scheduler)
+
+    def _arguments(self, spec: GenerationSpec) -> dict[str, Any]:
+        if not spec.seeds:
+            raise InvalidRequest("at least one seed (one image) is needed")
+        arguments: dict[str, Any] = {
+            "prompt": spec.prompt,
+            "negative_prompt": spec.negative_prompt or None,
+            "num_inference_steps": spec.steps,
+            "guidance_scale": spec.guidance_scale,
+            "num_images_per_prompt": len(spec.seeds),
+            # One generator per image: image i of a batch equals a lone run with seeds[i].
+            "generator": [torch.Generator(self._device).manual_seed(seed) for seed in spec.seeds],
+            "output_type": "np",
+        }
+        if spec.mode == "txt2img":
+            return arguments | {"width": spec.width, "height": spec.height}
+        return arguments | {"image": _init_image(spec), "strength": spec.strength}
+
+
+class _StepHook:
+    """The pipeline's step-end callback: reports progress and raises the pipeline's interrupt flag on request."""
+
+    def __init__(self, *, on_step: StepCallback | None, should_stop: StopCheck) -> None:
+        self.on_step = on_step
+        self.should_stop = should_stop
+        self.is_stopped = False
+
+    def __call__(self, pipeline: Any, step_index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        done, total = step_index + 1, pipeline.num_timesteps
+        if self.on_step is not None:
+            self.on_step(done, total)
+        # After the last step only decoding is left: finishing beats throwing the work away.
+        if done < total and self.should_stop():
+            # The pipeline skips the remaining steps, then decodes what it has; the caller discards that.
+            pipeline._interrupt = True
+            self.is_stopped = True
+        return tensors
+
+
+def _never() -> bool:
+    return False
+
+
+def _init_image(spec: GenerationSpec) -> Image.Image:
+    if spec.init_image is None:
+        raise InvalidRequest("img2img needs an init image")
+    if int(spec.steps * spec.strength) < 1:
+        raise InvalidRequest("img2img runs steps x strength denoising steps, which must be at least 1")
+    image = spec.init_image.convert("RGB")
+    # The pipeline takes its output size from the image (floored to a multiple of 8), so we set it here.
+    if image.size != (spec.width, spec.height):
+        image = image.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
+    return image
+
+
+def _truncation_warnings(pipeline: Any, spec: GenerationSpec) -> list[str]:
+    tokenizer = getattr(pipeline, "tokenizer", None)
+    if tokenizer is None:
+        return []
+    limit = tokenizer.model_max_length
+    texts = {"prompt": spec.prompt, "negative prompt": spec.negative_prompt}
+    return [
+        f"{label} truncated to {limit} tokens"
+        for label, text in texts.items()
+        if len(tokenizer(text, truncation=False, verbose=False).input_ids) > limit
+    ]
+
+
+def _run(pipeline: Any, arguments: dict[str, Any], hook: _StepHook) -> npt.NDArray[np.float32]:
+    try:
+        output = pipeline(**arguments, callback_on_step_end=hook)
+    except torch.OutOfMemoryError as exc:
+        _release_cached_memory()
+        raise OutOfMemory("the device ran out of memory; try fewer or smaller images") from exc
+    except ValueError as exc:
+        log.warning("pipeline rejected its input: %s", exc)
+        raise GenerationFailed("the pipeline rejected these parameters") from exc
+    pixels: npt.NDArray[np.float32] = output.images
+    return pixels
+
+
+def _release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _to_images(pixels: npt.NDArray[np.float32]) -> list[Image.Image]:
+    if not np.isfinite(pixels).all():
+        raise GenerationFailed("the model produced non-finite pixels (NaN or infinity)")
+    array = (np.clip(pixels, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return [Image.fromarray(image) for image in array]

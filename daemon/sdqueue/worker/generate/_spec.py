@@ -1,0 +1,62 @@
+"""What a generation needs and gives back, and the interface the worker drives. No torch here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
+
+from sdqueue.contracts import Mode
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationSpec:
+    """One call's worth of work: `len(seeds)` images of one prompt."""
+
+    mode: Mode
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seeds: tuple[int, ...]
+    scheduler: str | None
+    strength: float
+    init_image: Image.Image | None
+
+
+@dataclass(frozen=True)
+class GeneratedImages:
+    """The images of one call, in seed order, and what the requester should know about them."""
+
+    images: list[Image.Image]
+    warnings: list[str]
+
+
+class ImageGenerator(Protocol):
+    """A loaded model. Not thread-safe: call it from one thread only."""
+
+    @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        """The scheduler names `generate` accepts besides None (the model's own)."""
+        ...
+
+    def generate(
+        self,
+        spec: GenerationSpec,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GeneratedImages:
+        """Run the pipeline and return the images; blocks.
+
+        Raises:
+            InvalidRequest: unknown scheduler, no seeds, or img2img without an image or with too few steps.
+            Cancelled: `should_stop` returned true before the last step.
+            OutOfMemory: the device ran out of memory.
+            GenerationFailed: the pipeline rejected the input or produced non-finite pixels.
+        """
+        ...

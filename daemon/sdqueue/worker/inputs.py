@@ -1,0 +1,57 @@
+"""Decode an init image, inline or fetched by key, into an RGB picture, with decompression-bomb guards."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+
+from PIL import Image, UnidentifiedImageError
+
+from sdqueue.config import LimitSettings
+from sdqueue.worker.errors import ImageTooLarge, InvalidImage
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def decode_inline_image(data: str, *, max_bytes: int) -> bytes:
+    """Decode the base64 of an inline init image, refusing oversized data before decoding it.
+
+    Raises:
+        ImageTooLarge: the decoded size would exceed `max_bytes`.
+        InvalidImage: the text is not valid base64.
+    """
+    if len(data) // 4 * 3 > max_bytes + 2:
+        raise ImageTooLarge(f"inline init image is larger than {max_bytes} bytes")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImage("init_image.data is not valid base64") from exc
+    if len(raw) > max_bytes:
+        raise ImageTooLarge(f"inline init image is larger than {max_bytes} bytes")
+    return raw
+
+
+def load_init_image(data: bytes, *, limits: LimitSettings) -> Image.Image:
+    """Decode PNG, JPEG or WebP bytes to RGB, checking the pixel count from the header before decoding.
+
+    Raises:
+        ImageTooLarge: the file or its pixel count is over the limits.
+        InvalidImage: the bytes are not an image of an allowed format.
+    """
+    if len(data) > limits.max_init_image_bytes:
+        raise ImageTooLarge(f"init image is larger than {limits.max_init_image_bytes} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = image.size
+            if width * height > limits.max_init_image_pixels:
+                raise ImageTooLarge(f"init image {width}x{height} has more than {limits.max_init_image_pixels} pixels")
+            image.load()
+            return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge("init image is a decompression bomb") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage("init image is not a readable PNG, JPEG or WebP") from exc

@@ -1,0 +1,195 @@
+"""The S3 stage: put, conditionally create, read and locate objects, with boto3 running off the event loop.
+
+Every botocore, boto3 and urllib3 error is translated here into `StorageError` with a message safe to show
+the requester (no host, key or bucket names); the original stays attached as `__cause__` for the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from boto3.exceptions import Boto3Error
+from botocore.exceptions import BotoCoreError, ClientError
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from sdqueue.config.settings import S3Settings
+from sdqueue.worker.errors import StorageError
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+_STORAGE_ERRORS = (BotoCoreError, ClientError, Boto3Error, Urllib3Error)
+_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_PRECONDITION_FAILED_CODES = frozenset({"412", "PreconditionFailed"})
+_EMPTY_RANGE_CODES = frozenset({"416", "InvalidRange"})
+_SAFE_ERROR_CODE = re.compile(r"^[A-Za-z0-9.]{1,64}$")
+
+
+@dataclass(frozen=True)
+class StoredBytes:
+    """An object's body (possibly cut at `max_bytes + 1`), user metadata and content type."""
+
+    data: bytes
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+
+
+async def put_object(
+    client: S3Client,
+    *,
+    bucket: str,
+    key: str,
+    data: bytes,
+    content_type: str,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Store `data` under `key`, replacing any object there.
+
+    Raises:
+        StorageError: the endpoint refused, timed out or could not be reached.
+    """
+    with _translated("write"):
+        await asyncio.to_thread(
+            client.put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            Metadata=dict(metadata or {}),
+        )
+
+
+async def put_object_if_absent(
+    client: S3Client,
+    *,
+    bucket: str,
+    key: str,
+    data: bytes,
+    content_type: str,
+    metadata: Mapping[str, str] | None = None,
+) -> bool:
+    """Create `key` only if nothing is stored there (`If-None-Match: *`); return False if it already existed.
+
+    Raises:
+        StorageError: the endpoint refused, timed out or could not be reached.
+    """
+    with _translated("write"):
+        try:
+            await asyncio.to_thread(
+                client.put_object,
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=dict(metadata or {}),
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if _error_code(exc) in _PRECONDITION_FAILED_CODES:
+                return False
+            raise
+    return True
+
+
+async def read_object(client: S3Client, *, bucket: str, key: str, max_bytes: int) -> StoredBytes | None:
+    """Return the object at `key` with at most `max_bytes + 1` bytes of its body, or None if there is none.
+
+    A result longer than `max_bytes` means the object is too large; the rest is never downloaded.
+
+    Raises:
+        StorageError: the endpoint refused, timed out or could not be reached.
+    """
+    with _translated("read"):
+        return await asyncio.to_thread(_read_object, client, bucket=bucket, key=key, max_bytes=max_bytes)
+
+
+async def object_exists(client: S3Client, *, bucket: str, key: str) -> bool:
+    """Return whether an object is stored at `key`.
+
+    Raises:
+        StorageError: the endpoint refused, timed out or could not be reached.
+    """
+    with _translated("lookup"):
+        try:
+            await asyncio.to_thread(client.head_object, Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in _NOT_FOUND_CODES:
+                return False
+            raise
+    return True
+
+
+def object_url(client: S3Client, *, s3: S3Settings, key: str) -> str:
+    """Return a URL for `key`: the public base URL plus the key when configured, else a presigned GET URL.
+
+    Raises:
+        StorageError: the client cannot sign, for instance because it has no credentials.
+    """
+    if s3.public_base_url:
+        return f"{s3.public_base_url.rstrip('/')}/{quote(key, safe='/')}"
+    with _translated("signing"):
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=s3.url_ttl_s
+        )
+
+
+async def check_bucket(client: S3Client, *, bucket: str) -> None:
+    """Return once the bucket answers; the readiness probe.
+
+    Raises:
+        StorageError: the endpoint is unreachable or refuses, or the bucket does not exist.
+    """
+    with _translated("bucket check"):
+        try:
+            await asyncio.to_thread(client.head_bucket, Bucket=bucket)
+        except ClientError as exc:
+            if _error_code(exc) in (*_NOT_FOUND_CODES, "NoSuchBucket"):
+                raise StorageError("storage bucket not found") from exc
+            raise
+
+
+def _read_object(client: S3Client, *, bucket: str, key: str, max_bytes: int) -> StoredBytes | None:
+    try:
+        response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max_bytes}")
+    except ClientError as exc:
+        code = _error_code(exc)
+        if code in _NOT_FOUND_CODES:
+            return None
+        if code not in _EMPTY_RANGE_CODES:
+            raise
+        # A range starting at byte 0 is unsatisfiable only for an empty object.
+        response = client.get_object(Bucket=bucket, Key=key)
+    body = response["Body"]
+    try:
+        # Bounded even if the server ignored the Range header and sent the whole object.
+        data = body.read(max_bytes + 1)
+    finally:
+        body.close()
+    return StoredBytes(data=data, metadata=dict(response.get("Metadata", {})), content_type=response.get("ContentType"))
+
+
+@contextmanager
+def _translated(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except _STORAGE_ERRORS as exc:
+        raise StorageError(_safe_message(operation, exc)) from exc
+
+
+def _safe_message(operation: str, exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        code = _error_code(exc)
+        # S3 error codes such as AccessDenied are safe; messages may carry names, so they are left out.
+        suffix = f" ({code})" if _SAFE_ERROR_CODE.match(code) else ""
+        return f"storage refused the {operation}{suffix}"
+    return f"storage unavailable during {operation}"
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

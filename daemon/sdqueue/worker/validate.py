@@ -1,0 +1,94 @@
+"""Turn verified body bytes into a `GenerationRequest` this worker can serve, within its limits."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection
+
+from pydantic import ValidationError
+
+from sdqueue.config import LimitSettings
+from sdqueue.contracts import MAX_SEED, GenerationRequest
+from sdqueue.worker.errors import InvalidRequest, LimitsExceeded, UnknownModel
+
+MAX_REPORTED_ERRORS = 5
+
+
+def parse_job(
+    body: bytes, *, job_id: str, limits: LimitSettings, served_models: Collection[str], schedulers: Collection[str]
+) -> GenerationRequest:
+    """Parse and check a request body; `job_id` is the id the token was verified for.
+
+    Raises:
+        LimitsExceeded: the body, image size, steps or image count is over this worker's caps.
+        InvalidRequest: not UTF-8 JSON of the contract's shape, or an unknown scheduler.
+        UnknownModel: the alias is not served here.
+    """
+    if len(body) > limits.max_body_bytes:
+        raise LimitsExceeded(f"request body is larger than {limits.max_body_bytes} bytes")
+    request = _decode(body)
+    if request.job_id != job_id:
+        raise InvalidRequest("job_id does not match the message id")
+    if request.model not in served_models:
+        raise UnknownModel(f"model {request.model!r} is not served")
+    if request.scheduler is not None and request.scheduler not in schedulers:
+        raise InvalidRequest(f"unknown scheduler {request.scheduler!r}; known: {', '.join(sorted(schedulers))}")
+    check_limits(request, limits=limits)
+    return request
+
+
+def check_limits(request: GenerationRequest, *, limits: LimitSettings) -> None:
+    """Enforce the worker's caps, which may be lower than the contract's.
+
+    Raises:
+        LimitsExceeded: a cap is exceeded.
+    """
+    if request.width * request.height > limits.max_pixels:
+        raise LimitsExceeded(f"{request.width}x{request.height} is over the {limits.max_pixels} pixel cap")
+    if request.steps > limits.max_steps:
+        raise LimitsExceeded(f"steps {request.steps} is over the cap of {limits.max_steps}")
+    if request.num_images > limits.max_images:
+        raise LimitsExceeded(f"num_images {request.num_images} is over the cap of {limits.max_images}")
+
+
+def job_id_from_body(body: bytes) -> str | None:
+    """Best-effort job id of a body whose message carries none, for reporting; None if there is no usable one."""
+    try:
+        request = GenerationRequest.model_validate_json(body)
+    except ValidationError:
+        return None
+    return request.job_id
+
+
+def image_seeds(request: GenerationRequest) -> tuple[int, ...]:
+    """Seeds of each image: `seed + i`, with a null seed derived from the job id so a redelivery repeats it."""
+    base = request.seed if request.seed is not None else derive_seed(request.job_id)
+    return tuple(base + index for index in range(request.num_images))
+
+
+def derive_seed(job_id: str) -> int:
+    """A stable seed in 0 … 2^32-1 from the job id."""
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4], "big") & MAX_SEED
+
+
+def _decode(body: bytes) -> GenerationRequest:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("request body is not UTF-8") from exc
+    try:
+        return GenerationRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid request: {_summarise(exc)}") from exc
+
+
+def _summarise(exc: ValidationError) -> str:
+    """Describe what is wrong by field, never echoing the input values."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False)[:MAX_REPORTED_ERRORS]:
+        location = ".".join(str(part) for part in error["loc"]) or "body"
+        parts.append(f"{location}: {error['msg']}")
+    more = exc.error_count() - MAX_REPORTED_ERRORS
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)

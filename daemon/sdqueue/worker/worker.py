@@ -1,0 +1,154 @@
+"""The worker's lifecycle: load models, connect, declare, consume, guard each job, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aio_pika.abc import AbstractQueue
+
+from sdqueue.config import Settings, make_s3_client
+from sdqueue.worker import store
+from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_topology
+from sdqueue.worker.context import JobContext
+from sdqueue.worker.generate import ImageGenerator, describe_runtime, ensure_tiny_model, load_generator
+from sdqueue.worker.pipeline import Services, process_delivery, retry_or_give_up
+from sdqueue.worker.publish import PublishFailed
+from sdqueue.worker.settle import Settlement, settle
+from sdqueue.worker.verify import load_keys
+
+log = logging.getLogger(__name__)
+
+
+async def run_worker(settings: Settings) -> None:
+    """Serve every configured model alias until SIGTERM or SIGINT, then drain and return."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdqueue-generate")
+    try:
+        log.info("runtime: %s", describe_runtime(settings.runtime))
+        generators = await load_models(settings, executor=executor)
+        s3 = make_s3_client(settings.s3)
+        await store.check_bucket(s3, bucket=settings.s3.bucket)
+        connection = await connect(settings.broker)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.set_qos(prefetch_count=settings.broker.prefetch)
+            topology = await declare_topology(
+                channel, aliases=generators.keys(), delivery_limit=settings.broker.delivery_limit
+            )
+            services = Services(
+                settings=settings,
+                keys=load_keys(settings.auth),
+                generators=generators,
+                s3=s3,
+                channel=channel,
+                events=topology.events,
+                executor=executor,
+                stop_generation=threading.Event(),
+            )
+            await serve(topology.requests, services=services)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    log.info("worker %s stopped", settings.worker_name)
+
+
+async def load_models(settings: Settings, *, executor: ThreadPoolExecutor) -> dict[str, ImageGenerator]:
+    """Load every served alias on the generation thread; the default tiny model is built on first use."""
+    loop = asyncio.get_running_loop()
+    generators = {}
+    for alias, source in settings.model_sources().items():
+        if Path(source) == settings.tiny_model_dir:
+            await loop.run_in_executor(executor, ensure_tiny_model, settings.tiny_model_dir)
+        log.info("loading model %s from %s", alias, source)
+        load = functools.partial(load_generator, source, runtime=settings.runtime)
+        generators[alias] = await loop.run_in_executor(executor, load)
+    return generators
+
+
+async def serve(queues: Mapping[str, AbstractQueue], *, services: Services) -> None:
+    """Consume until a stop signal, then stop intake, give in-flight jobs the grace period and requeue the rest."""
+    stopping = asyncio.Event()
+    _install_signal_handlers(stopping)
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def on_delivery(delivery: Delivery) -> None:
+        if stopping.is_set():
+            await settle(delivery.message, "requeue", job_id=delivery.message_id)
+            return
+        task = asyncio.create_task(handle_delivery(delivery, services), name=f"job:{delivery.message_id}")
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+
+    tags = {alias: await consume_jobs(queue, alias=alias, on_delivery=on_delivery) for alias, queue in queues.items()}
+    log.info("worker %s ready; serving %s", services.settings.worker_name, ", ".join(sorted(queues)))
+    await stopping.wait()
+    log.info("stopping: intake closed, %d job(s) in flight", len(in_flight))
+    for alias, tag in tags.items():
+        await queues[alias].cancel(tag)
+    await drain(in_flight, services=services)
+
+
+async def drain(in_flight: set[asyncio.Task[None]], *, services: Services) -> None:
+    """Let running jobs finish within the grace period; interrupt and requeue whatever is left."""
+    if not in_flight:
+        return
+    _, pending = await asyncio.wait(set(in_flight), timeout=services.settings.shutdown_grace_s)
+    if pending:
+        log.warning("grace period over: interrupting %d job(s); they will be redelivered", len(pending))
+        services.stop_generation.set()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def handle_delivery(delivery: Delivery, services: Services) -> None:
+    """The per-job guard: every delivery ends settled, whatever happened inside."""
+    job_id = delivery.message_id
+    try:
+        settlement = await _outcome(delivery, services)
+    except asyncio.CancelledError:
+        await asyncio.shield(settle(delivery.message, "requeue", job_id=job_id))
+        raise
+    await settle(delivery.message, settlement, job_id=job_id)
+
+
+async def _outcome(delivery: Delivery, services: Services) -> Settlement:
+    try:
+        return await process_delivery(delivery, services)
+    except PublishFailed as exc:
+        log.warning("job %s: %s; requeueing", delivery.message_id, exc)
+        return "requeue"
+    except Exception as exc:  # the single per-job guard: a bug must not kill the worker or lose the job
+        log.exception("job %s: unexpected error", delivery.message_id)
+        ctx = JobContext(
+            job_id=delivery.message_id or "unknown",
+            model=delivery.alias,
+            worker=services.settings.worker_name,
+            attempt=delivery.attempt,
+            published_at=delivery.published_at,
+        )
+        try:
+            return await retry_or_give_up(exc, ctx=ctx, delivery=delivery, services=services)
+        except PublishFailed:
+            return "requeue"
+
+
+def _install_signal_handlers(stopping: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT drains; a second exits at once and leaves the broker to redeliver."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("second signal %s: exiting now; unacked jobs will be redelivered", signum)
+            os._exit(128 + signum)
+        log.info("signal %s: draining", signum)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)

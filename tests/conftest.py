@@ -1,0 +1,7 @@
+"""Shared fixtures: real services (RabbitMQ vhost, SeaweedFS), the tiny model, and a running worker."""
+
+pytest_plugins = [
+    "tests.plugins.services",
+    "tests.plugins.tiny_model",
+    "tests.plugins.stack",
+]

@@ -1,0 +1,145 @@
+"""Every bad request ends as exactly one failed event with the contract's code, and its message in sdqueue.dead."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import jwt
+import pytest
+
+from sdqueue.client import SdqueueClient, UnroutableRequest, bearer
+from sdqueue.config import Settings
+from sdqueue.contracts import ErrorCode, FailedEvent
+from tests.e2e.requests import claims, hs256, raw_message, signed_message, txt2img, unsigned_token
+from tests.plugins.stack import BrokerProbe, EventLog
+
+WRONG_SECRET = "another-secret-that-is-long-enough-for-hs256!"
+
+
+async def _failed_event(log: EventLog, *, timeout_s: float = 15.0) -> FailedEvent:
+    await log.wait_for("failed", timeout_s=timeout_s)
+    failed = log.of_type("failed")
+    assert len(failed) == 1, f"expected one failed event, saw {[e.type for e in log.events]}"
+    assert isinstance(failed[0], FailedEvent)
+    return failed[0]
+
+
+async def _publish_and_expect(
+    client: SdqueueClient, probe: BrokerProbe, *, job_id: str, message: object, code: ErrorCode
+) -> FailedEvent:
+    log = await probe.watch(job_id)
+    await client.publish_raw(message, routing_key="default")  # type: ignore[arg-type]
+    event = await _failed_event(log)
+    assert await probe.dead_letter(job_id) is not None, "rejected request did not reach sdqueue.dead"
+    await asyncio.sleep(0.2)  # anything published after the reject would show up here
+    assert len(log.of_type("failed")) == 1
+    assert not log.of_type("succeeded")
+    assert event.error.code is code
+    assert event.error.retryable is False
+    return event
+
+
+def _token_cases() -> dict[str, tuple[ErrorCode, object]]:
+    return {
+        "missing token": (ErrorCode.UNAUTHENTICATED, None),
+        "not a jwt": (ErrorCode.UNAUTHENTICATED, "Bearer not-a-jwt"),
+        "wrong key": (ErrorCode.INVALID_TOKEN, "wrong-key"),
+        "alg none": (ErrorCode.INVALID_TOKEN, "alg-none"),
+        "expired": (ErrorCode.TOKEN_EXPIRED, {"exp": int(time.time()) - 60, "iat": int(time.time()) - 120}),
+        "wrong aud": (ErrorCode.INVALID_TOKEN, {"aud": "someone-else"}),
+        "wrong iss": (ErrorCode.INVALID_TOKEN, {"iss": "mallory"}),
+        "jti is another job": (ErrorCode.INVALID_TOKEN, {"jti": "another-job"}),
+        "nbf in future": (ErrorCode.INVALID_TOKEN, {"nbf": int(time.time()) + 600}),
+        "no scope": (ErrorCode.FORBIDDEN, {"scope": "sdqueue:cancel"}),
+        "scope claim missing": (ErrorCode.INVALID_TOKEN, {"scope": None}),
+    }
+
+
+TOKEN_CASES = [
+    "missing token",
+    "not a jwt",
+    "wrong key",
+    "alg none",
+    "expired",
+    "wrong aud",
+    "wrong iss",
+    "jti is another job",
+    "nbf in future",
+    "no scope",
+    "scope claim missing",
+]
+
+
+@pytest.mark.parametrize("case", TOKEN_CASES)
+async def test_bad_token_is_reported_and_dead_lettered(
+    case: str, client: SdqueueClient, probe: BrokerProbe, stack_settings: Settings
+):
+    auth = stack_settings.auth
+    request = txt2img()
+    body = request.model_dump_json().encode()
+    code, spec = _token_cases()[case]
+    if spec is None or (isinstance(spec, str) and spec.startswith("Bearer")):
+        message = raw_message(body, job_id=request.job_id, authorization=spec)
+    elif spec == "wrong-key":
+        token = jwt.encode(claims(body, job_id=request.job_id, auth=auth), WRONG_SECRET, algorithm="HS256")
+        message = raw_message(body, job_id=request.job_id, authorization=bearer(token))
+    elif spec == "alg-none":
+        token = unsigned_token(claims(body, job_id=request.job_id, auth=auth))
+        message = raw_message(body, job_id=request.job_id, authorization=bearer(token))
+    else:
+        assert isinstance(spec, dict)
+        message = signed_message(body, job_id=request.job_id, auth=auth, **spec)
+
+    await _publish_and_expect(client, probe, job_id=request.job_id, message=message, code=code)
+
+    assert await client.read_record(request.job_id) is None, "an unverified caller must not write a record"
+
+
+async def test_body_swapped_under_valid_token(client: SdqueueClient, probe: BrokerProbe, stack_settings: Settings):
+    auth = stack_settings.auth
+    request = txt2img()
+    signed_body = request.model_dump_json().encode()
+    swapped = txt2img(job_id=request.job_id, prompt="something else entirely").model_dump_json().encode()
+    token = hs256(claims(signed_body, job_id=request.job_id, auth=auth), auth)
+
+    await _publish_and_expect(
+        client,
+        probe,
+        job_id=request.job_id,
+        message=raw_message(swapped, job_id=request.job_id, authorization=bearer(token)),
+        code=ErrorCode.BODY_MISMATCH,
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"surprise": "field"}, ErrorCode.INVALID_REQUEST),
+        ({"width": 65}, ErrorCode.INVALID_REQUEST),
+        ({"width": 1_000_000}, ErrorCode.LIMITS_EXCEEDED),
+        ({"scheduler": "no_such_scheduler"}, ErrorCode.INVALID_REQUEST),
+    ],
+    ids=["unknown field", "width not multiple of 8", "width over pixel cap", "unknown scheduler"],
+)
+async def test_bad_request_is_reported_recorded_and_dead_lettered(
+    change: dict[str, object], code: ErrorCode, client: SdqueueClient, probe: BrokerProbe, stack_settings: Settings
+):
+    request = txt2img()
+    body = json.dumps({**request.model_dump(), **change}).encode()
+
+    event = await _publish_and_expect(
+        client,
+        probe,
+        job_id=request.job_id,
+        message=signed_message(body, job_id=request.job_id, auth=stack_settings.auth),
+        code=code,
+    )
+
+    assert await client.read_record(request.job_id) == event
+
+
+async def test_unserved_model_is_refused_at_publish(client: SdqueueClient):
+    with pytest.raises(UnroutableRequest, match="no-such-model"):
+        await client.submit(txt2img(model="no-such-model"))

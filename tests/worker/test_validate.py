@@ -1,0 +1,103 @@
+"""Body bytes to a request this worker serves: shape, limits, model, scheduler, seeds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from sdqueue.config import LimitSettings
+from sdqueue.contracts import ErrorCode
+from sdqueue.worker.errors import SdqueueError
+from sdqueue.worker.validate import derive_seed, image_seeds, job_id_from_body, parse_job
+
+LIMITS = LimitSettings(max_pixels=512 * 512, max_steps=50, max_images=4, max_body_bytes=64 * 1024)
+
+
+def _body(**fields: Any) -> bytes:
+    request = {"schema_version": 1, "job_id": "job-1", "mode": "txt2img", "prompt": "a cat", **fields}
+    return json.dumps(request).encode()
+
+
+def _parse(body: bytes, *, job_id: str = "job-1") -> Any:
+    return parse_job(body, job_id=job_id, limits=LIMITS, served_models={"default"}, schedulers={"euler", "ddim"})
+
+
+def _code(body: bytes, *, job_id: str = "job-1") -> ErrorCode:
+    with pytest.raises(SdqueueError) as caught:
+        _parse(body, job_id=job_id)
+    return caught.value.code
+
+
+def test_valid_request_parses():
+    request = _parse(_body(width=256, height=128, scheduler="euler", prompt="مرحبا 🐶 שלום"))
+
+    assert (request.width, request.height, request.scheduler) == (256, 128, "euler")
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"\xff\xfe not utf-8", ErrorCode.INVALID_REQUEST),
+        (b"not json", ErrorCode.INVALID_REQUEST),
+        (_body(extra=1), ErrorCode.INVALID_REQUEST),
+        (_body(schema_version=2), ErrorCode.INVALID_REQUEST),
+        (_body(width=1_000_000), ErrorCode.LIMITS_EXCEEDED),
+        (_body(steps=51), ErrorCode.LIMITS_EXCEEDED),
+        (_body(steps=1_000_000), ErrorCode.INVALID_REQUEST),
+        (_body(num_images=5), ErrorCode.LIMITS_EXCEEDED),
+        (_body(num_images=1000), ErrorCode.INVALID_REQUEST),
+        (_body(model="other"), ErrorCode.UNKNOWN_MODEL),
+        (_body(scheduler="pndm"), ErrorCode.INVALID_REQUEST),
+        (_body(prompt="x" * 70_000), ErrorCode.LIMITS_EXCEEDED),
+        (
+            b'{"schema_version": 1, "job_id": "job-1", "mode": "txt2img", "prompt": "a", "guidance_scale": NaN}',
+            ErrorCode.INVALID_REQUEST,
+        ),
+    ],
+    ids=[
+        "not utf-8",
+        "not json",
+        "unknown field",
+        "schema_version 2",
+        "width over pixel cap",
+        "steps over worker cap",
+        "steps over contract cap",
+        "images over worker cap",
+        "images over contract cap",
+        "unserved model",
+        "scheduler not offered",
+        "body over byte cap",
+        "NaN guidance",
+    ],
+)
+def test_bad_bodies_map_to_contract_codes(body: bytes, code: ErrorCode):
+    assert _code(body) is code
+
+
+def test_job_id_must_match_the_verified_one():
+    assert _code(_body(), job_id="job-2") is ErrorCode.INVALID_REQUEST
+
+
+def test_error_message_names_fields_without_echoing_values():
+    with pytest.raises(SdqueueError) as caught:
+        _parse(_body(width=65, prompt="secret prompt text"))
+
+    assert "width" in caught.value.message
+    assert "secret prompt text" not in caught.value.message
+
+
+def test_seeds_are_consecutive_and_null_seed_is_stable():
+    explicit = _parse(_body(seed=10, num_images=3))
+    derived = _parse(_body(num_images=2))
+
+    assert image_seeds(explicit) == (10, 11, 12)
+    assert image_seeds(derived) == (derive_seed("job-1"), derive_seed("job-1") + 1)
+    assert derive_seed("job-1") != derive_seed("job-2")
+    assert 0 <= derive_seed("job-1") < 2**32
+
+
+def test_job_id_from_body_only_for_valid_requests():
+    assert job_id_from_body(_body()) == "job-1"
+    assert job_id_from_body(b"garbage") is None
