@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ import aio_pika
 import pytest
 import pytest_asyncio
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
 from sdqueue.client import SdqueueClient
 from sdqueue.config import AuthSettings, BrokerSettings, RuntimeSettings, Settings
@@ -36,18 +39,54 @@ class WorkerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+@dataclass(frozen=True)
+class SigningKeys:
+    """Private keys whose public halves the test worker trusts through its JWKS file, by `kid`."""
+
+    rsa: rsa.RSAPrivateKey
+    ed25519: ed25519.Ed25519PrivateKey
+    rsa_kid: str = "test-rsa"
+    ed25519_kid: str = "test-ed25519"
+
+
+@pytest.fixture(scope="session")
+def signing_keys() -> SigningKeys:
+    """Fresh asymmetric keys for the session."""
+    return SigningKeys(
+        rsa=rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        ed25519=ed25519.Ed25519PrivateKey.generate(),
+    )
+
+
+def write_jwks(keys: SigningKeys, path: Path) -> Path:
+    """Publish the public keys as a JWKS file, as an issuer would."""
+    entries = [
+        json.loads(RSAAlgorithm.to_jwk(keys.rsa.public_key())) | {"kid": keys.rsa_kid, "use": "sig"},
+        json.loads(OKPAlgorithm.to_jwk(keys.ed25519.public_key())) | {"kid": keys.ed25519_kid, "use": "sig"},
+    ]
+    path.write_text(json.dumps({"keys": entries}))
+    return path
+
+
 @pytest.fixture(scope="session")
 def stack_settings(
-    seaweed: SeaweedStack, amqp_url: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    seaweed: SeaweedStack,
+    amqp_url: str,
+    tiny_model_dir: Path,
+    signing_keys: SigningKeys,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
-    """Settings shared by the test worker and test clients: the session's vhost, bucket, model and secrets."""
+    """Settings shared by test workers and clients: the session's vhost, bucket, model, secret and JWKS."""
+    state_dir = tmp_path_factory.mktemp("state")
     base = Settings(
-        state_dir=tmp_path_factory.mktemp("state"),
+        state_dir=state_dir,
         model=str(tiny_model_dir),
         shutdown_grace_s=20.0,
         broker=BrokerSettings(url=amqp_url, publish_timeout_s=10.0),
         s3=seaweed.s3,
-        auth=AuthSettings(),
+        auth=AuthSettings(
+            algorithms=("HS256", "RS256", "EdDSA"), jwks_file=write_jwks(signing_keys, state_dir / "jwks.json")
+        ),
         runtime=RuntimeSettings(device="cpu", threads=2),
     )
     return with_fresh_secrets(base).model_copy(update={"s3": seaweed.s3})
