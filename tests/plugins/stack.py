@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
 from sdqueue.client import SdqueueClient
-from sdqueue.config import AuthSettings, BrokerSettings, RuntimeSettings, Settings
+from sdqueue.config import AuthSettings, BrokerSettings, RuntimeSettings, S3Settings, Settings
 from sdqueue.contracts import JobEvent, parse_event
 from sdqueue.contracts.topology import DEAD_QUEUE, EVENTS_EXCHANGE, job_events_pattern
 from sdqueue.devstack.stack import start_worker, stop_process, with_fresh_secrets
@@ -77,19 +77,31 @@ def stack_settings(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
     """Settings shared by test workers and clients: the session's vhost, bucket, model, secret and JWKS."""
-    state_dir = tmp_path_factory.mktemp("state")
+    return make_stack_settings(
+        amqp_url=amqp_url,
+        s3=seaweed.s3,
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path_factory.mktemp("state"),
+        signing_keys=signing_keys,
+    )
+
+
+def make_stack_settings(
+    *, amqp_url: str, s3: S3Settings, model_dir: Path, state_dir: Path, signing_keys: SigningKeys
+) -> Settings:
+    """Settings for a test stack: tiny model on CPU (threads pinned, so bytes repeat), fresh HS256 secret, JWKS."""
     base = Settings(
         state_dir=state_dir,
-        model=str(tiny_model_dir),
+        model=str(model_dir),
         shutdown_grace_s=20.0,
         broker=BrokerSettings(url=amqp_url, publish_timeout_s=10.0),
-        s3=seaweed.s3,
+        s3=s3,
         auth=AuthSettings(
             algorithms=("HS256", "RS256", "EdDSA"), jwks_file=write_jwks(signing_keys, state_dir / "jwks.json")
         ),
         runtime=RuntimeSettings(device="cpu", threads=2),
     )
-    return with_fresh_secrets(base).model_copy(update={"s3": seaweed.s3})
+    return with_fresh_secrets(base).model_copy(update={"s3": s3})
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +169,27 @@ class BrokerProbe:
 
         await queue.consume(record, no_ack=True)
         return log
+
+    async def watch_all(self) -> dict[str, EventLog]:
+        """Record every job's events from now on, keyed by job id."""
+        logs: dict[str, EventLog] = {}
+        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(await self._channel.get_exchange(EVENTS_EXCHANGE), routing_key="job.#")
+
+        async def record(message: AbstractIncomingMessage) -> None:
+            event = parse_event(message.body)
+            logs.setdefault(event.job_id, EventLog()).add(event)
+
+        await queue.consume(record, no_ack=True)
+        return logs
+
+    async def dead_letters(self, *, settle_s: float = 1.0) -> dict[str, AbstractIncomingMessage]:
+        """Everything in the dead queue so far (collected, so each message is seen once), after `settle_s`."""
+        await asyncio.sleep(settle_s)
+        queue = await self._channel.get_queue(DEAD_QUEUE, ensure=False)
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            self._dead[message.message_id or f"no-id-{len(self._dead)}"] = message
+        return dict(self._dead)
 
     async def dead_letter(self, job_id: str, *, timeout_s: float = 10.0) -> AbstractIncomingMessage | None:
         """The dead-lettered request with this job id, waiting up to `timeout_s` for it to arrive."""

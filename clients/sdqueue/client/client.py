@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_ROUTE = 312
+REPLY_QUEUE_PREFIX = "sdqueue.client."
 T = TypeVar("T")
 RECORD_POLL_INTERVAL_S = 5.0
 
@@ -100,7 +102,11 @@ class SdqueueClient:
                     broker.url.get_secret_value(), heartbeat=broker.heartbeat_s
                 )
                 self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-                self._replies = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+                # A client-chosen name (not a server-named amq.gen-*) can be re-declared after a reconnect, so
+                # reply_to addresses of requests already in flight stay valid across a broker restart.
+                self._replies = await self._channel.declare_queue(
+                    f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}", exclusive=True, auto_delete=True
+                )
                 await self._replies.consume(self._on_event, no_ack=True)
         except (AMQPError, OSError, TimeoutError) as exc:
             await self.close()

@@ -4,6 +4,7 @@ from sdqueue.config.s3 import make_s3_client
 from sdqueue.config.settings import (
     AuthSettings,
     BrokerSettings,
+    FaultSettings,
     LimitSettings,
     RuntimeSettings,
     S3Settings,
@@ -15,6 +16,7 @@ from sdqueue.config.settings import (
 __all__ = [
     "AuthSettings",
     "BrokerSettings",
+    "FaultSettings",
     "LimitSettings",
     "RuntimeSettings",
     "S3Settings",

@@ -55,6 +55,10 @@ class S3Settings(_Group):
     )
     timeout_s: PositiveFloat = Field(default=10.0, description="Connect and read timeout of one S3 call.")
     max_attempts: PositiveInt = Field(default=3, description="boto3 retry attempts for one S3 call.")
+    outage_budget_s: Annotated[float, Field(ge=0)] = Field(
+        default=120.0,
+        description="How long a job waits out a storage outage in place before it is requeued (burning a delivery).",
+    )
 
 
 class AuthSettings(_Group):
@@ -103,6 +107,17 @@ class RuntimeSettings(_Group):
     attention_slicing: bool = Field(default=False, description="Trade speed for memory on small GPUs.")
 
 
+class FaultSettings(_Group):
+    """Test-only fault injection for the fault suite. Never set these in production."""
+
+    exit_after_upload: bool = Field(
+        default=False, description="Test only: exit at once (like kill -9) after uploading images, before the record."
+    )
+    fail_prompt_marker: str | None = Field(
+        default=None, description="Test only: generation raises an unexpected error for prompts containing this."
+    )
+
+
 class Settings(BaseSettings):
     """Everything an sdqueue process reads from its environment."""
 
@@ -119,12 +134,17 @@ class Settings(BaseSettings):
         default_factory=dict, description="More aliases: alias -> Hub id or folder."
     )
     shutdown_grace_s: PositiveFloat = Field(default=30.0, description="Time in-flight jobs get on SIGTERM.")
+    health_port: Annotated[int, Field(ge=0, le=65535)] | None = Field(
+        default=None, description="Serve /healthz and /readyz on 127.0.0.1 at this port (0: any free port)."
+    )
+    health_host: str = Field(default="127.0.0.1", description="Address the health endpoint binds to.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    faults: FaultSettings = Field(default_factory=FaultSettings)
 
     @property
     def tiny_model_dir(self) -> Path:

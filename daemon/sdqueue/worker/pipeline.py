@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, unquote
 
 from aio_pika.abc import AbstractChannel, AbstractExchange
@@ -41,6 +42,7 @@ from sdqueue.worker.errors import (
     InvalidImage,
     SdqueueError,
     ServiceUnavailable,
+    StorageError,
 )
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec, ImageGenerator
 from sdqueue.worker.inputs import decode_inline_image, load_init_image
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 OWNER_METADATA_KEY = "sub"
 MAX_RECORD_BYTES = 1024 * 1024
@@ -116,6 +120,25 @@ async def retry_or_give_up(error: Exception, *, ctx: JobContext, delivery: Deliv
     return "requeue"
 
 
+async def durable(operation: Callable[[], Awaitable[T]], *, job_id: str, budget_s: float) -> T:
+    """Run a storage operation, waiting out an outage of up to `budget_s` in place so it burns no delivery.
+
+    Raises:
+        StorageError: storage stayed unavailable for the whole budget.
+    """
+    deadline = time.monotonic() + budget_s
+    delay_s = 0.5
+    while True:
+        try:
+            return await operation()
+        except StorageError as exc:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            log.warning("job %s: %s; retrying in %.1fs", job_id, exc.message, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
+
+
 async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> None:
     """The happy path; any stage may raise one of our errors, which the caller turns into an outcome."""
     settings = services.settings
@@ -143,6 +166,9 @@ async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> No
         encoded = await asyncio.to_thread(_encode, request, generated)
     with ctx.phase("upload"):
         images = await upload_images(request, encoded, services=services)
+    if settings.faults.exit_after_upload:
+        log.critical("job %s: test fault: exiting between upload and record", ctx.job_id)
+        os._exit(137)
     event = SucceededEvent.model_validate(
         {**ctx.event_fields(), "images": images, "timings": ctx.timings(), "warnings": generated.warnings}
     )
@@ -163,8 +189,11 @@ async def load_record(job_id: str, *, services: Services) -> StoredRecord | None
     Raises:
         StorageError: the bucket is unreachable.
     """
-    stored = await store.read_object(
-        services.s3, bucket=services.settings.s3.bucket, key=record_key(job_id), max_bytes=MAX_RECORD_BYTES
+    s3 = services.settings.s3
+    stored = await durable(
+        lambda: store.read_object(services.s3, bucket=s3.bucket, key=record_key(job_id), max_bytes=MAX_RECORD_BYTES),
+        job_id=job_id,
+        budget_s=s3.outage_budget_s,
     )
     if stored is None:
         return None
@@ -201,11 +230,11 @@ async def fetch_init_image(request: GenerationRequest, *, services: Services) ->
     if isinstance(request.init_image, InitImageData):
         data = decode_inline_image(request.init_image.data, max_bytes=limits.max_inline_image_bytes)
     else:
-        stored = await store.read_object(
-            services.s3,
-            bucket=services.settings.s3.bucket,
-            key=request.init_image.key,
-            max_bytes=limits.max_init_image_bytes,
+        key, s3 = request.init_image.key, services.settings.s3
+        stored = await durable(
+            lambda: store.read_object(services.s3, bucket=s3.bucket, key=key, max_bytes=limits.max_init_image_bytes),
+            job_id=request.job_id,
+            budget_s=s3.outage_budget_s,
         )
         if stored is None:
             raise InvalidImage("init image key does not exist in the bucket")
@@ -236,6 +265,9 @@ async def generate(
         strength=request.effective_strength,
         init_image=init_image,
     )
+    marker = services.settings.faults.fail_prompt_marker
+    if marker and marker in request.prompt:
+        raise RuntimeError("test fault: generation fails for this prompt")
     loop = asyncio.get_running_loop()
     steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
     on_step = _throttled(lambda step, total: loop.call_soon_threadsafe(steps.put_nowait, (step, total)))
@@ -301,12 +333,18 @@ async def upload_images(
     s3 = services.settings.s3
     seeds = image_seeds(request)
     keys = [output_key(request.job_id, index, image.extension) for index, image in enumerate(encoded)]
-    await asyncio.gather(
-        *(
-            store.put_object(services.s3, bucket=s3.bucket, key=key, data=image.data, content_type=image.content_type)
-            for key, image in zip(keys, encoded, strict=True)
+
+    async def put_all() -> None:
+        await asyncio.gather(
+            *(
+                store.put_object(
+                    services.s3, bucket=s3.bucket, key=key, data=image.data, content_type=image.content_type
+                )
+                for key, image in zip(keys, encoded, strict=True)
+            )
         )
-    )
+
+    await durable(put_all, job_id=request.job_id, budget_s=s3.outage_budget_s)
     return [
         ImageInfo(
             index=index,
@@ -326,13 +364,18 @@ async def upload_images(
 async def finish(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:
     """Store the result record once the caller is known (first writer wins), then publish the stored outcome."""
     if ctx.owner is not None:
-        written = await store.put_object_if_absent(
-            services.s3,
-            bucket=services.settings.s3.bucket,
-            key=record_key(ctx.job_id),
-            data=event.model_dump_json().encode(),
-            content_type="application/json",
-            metadata={OWNER_METADATA_KEY: quote(ctx.owner, safe="")},
+        s3, owner = services.settings.s3, quote(ctx.owner, safe="")
+        written = await durable(
+            lambda: store.put_object_if_absent(
+                services.s3,
+                bucket=s3.bucket,
+                key=record_key(ctx.job_id),
+                data=event.model_dump_json().encode(),
+                content_type="application/json",
+                metadata={OWNER_METADATA_KEY: owner},
+            ),
+            job_id=ctx.job_id,
+            budget_s=s3.outage_budget_s,
         )
         record = None if written else await load_record(ctx.job_id, services=services)
         if record is not None and record.owner == ctx.owner:

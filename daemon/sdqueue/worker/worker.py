@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aio_pika.abc import AbstractQueue
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
 from sdqueue.config import Settings, make_s3_client
 from sdqueue.worker import store
 from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_topology
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.generate import ImageGenerator, describe_runtime, ensure_tiny_model, load_generator
+from sdqueue.worker.health import Readiness, probe_storage, serve_health
 from sdqueue.worker.pipeline import Services, process_delivery, retry_or_give_up
 from sdqueue.worker.publish import PublishFailed
 from sdqueue.worker.settle import Settlement, settle
 from sdqueue.worker.verify import load_keys
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +58,30 @@ async def run_worker(settings: Settings) -> None:
                 executor=executor,
                 stop_generation=threading.Event(),
             )
-            await serve(topology.requests, services=services)
+            async with health_endpoint(settings, connection=connection, s3=s3):
+                await serve(topology.requests, services=services)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker %s stopped", settings.worker_name)
+
+
+@contextlib.asynccontextmanager
+async def health_endpoint(
+    settings: Settings, *, connection: AbstractRobustConnection, s3: S3Client
+) -> AsyncIterator[None]:
+    """Serve /healthz and /readyz (when a port is configured) with a background storage probe."""
+    if settings.health_port is None:
+        yield
+        return
+    readiness = Readiness(is_broker_up=lambda: connection.connected.is_set() and not connection.is_closed)
+    probe = asyncio.create_task(probe_storage(readiness, client=s3, bucket=settings.s3.bucket))
+    try:
+        async with serve_health(readiness, host=settings.health_host, port=settings.health_port):
+            yield
+    finally:
+        probe.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await probe
 
 
 async def load_models(settings: Settings, *, executor: ThreadPoolExecutor) -> dict[str, ImageGenerator]:

@@ -1,0 +1,143 @@
+"""An isolated stack per fault test: its own vhost and bucket, and worker processes the test starts and breaks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import pytest
+import pytest_asyncio
+
+from sdqueue.client import SdqueueClient
+from sdqueue.config import Settings
+from sdqueue.contracts.topology import requests_queue
+from sdqueue.devstack import create_vhost, delete_vhost
+from sdqueue.devstack.stack import start_worker, stop_process
+from tests.plugins.services import SeaweedStack
+from tests.plugins.stack import BrokerProbe, SigningKeys, WorkerProcess, make_stack_settings
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def updated(settings: Settings, **groups: dict[str, Any]) -> Settings:
+    """Copy of `settings` with fields of nested groups replaced: `updated(s, faults={"exit_after_upload": True})`."""
+    changes = {name: getattr(settings, name).model_copy(update=values) for name, values in groups.items()}
+    return settings.model_copy(update=changes)
+
+
+@dataclass
+class FaultStack:
+    """Settings for one isolated stack, and the workers started on it (each with its own log)."""
+
+    settings: Settings
+    log_dir: Path
+    s3_client: S3Client
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start_worker(self, name: str, settings: Settings | None = None) -> WorkerProcess:
+        """Start `python -m sdqueue worker` named `name` (that name appears in its events)."""
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = start_worker(settings or self.settings, log=log, extra_env={"SDQUEUE_WORKER_NAME": name})
+        worker = WorkerProcess(process=process, log_path=log_path)
+        self.workers.append(worker)
+        return worker
+
+    def kill(self, worker: WorkerProcess) -> None:
+        """kill -9: no drain, no settle; the broker must redeliver what it held."""
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.wait(timeout=10)
+
+    def output_keys(self, job_id: str) -> list[str]:
+        """Object keys under the job's output prefix."""
+        listing = self.s3_client.list_objects_v2(Bucket=self.settings.s3.bucket, Prefix=f"outputs/{job_id}/")
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+    def logs(self) -> str:
+        """Every worker's log tail, for failure messages."""
+        return "\n".join(f"--- {w.log_path.name}\n{w.log_tail()}" for w in self.workers)
+
+
+@pytest.fixture
+def fault_stack(
+    seaweed: SeaweedStack,
+    s3_client: S3Client,
+    amqp_url: str,
+    tiny_model_dir: Path,
+    signing_keys: SigningKeys,
+    tmp_path: Path,
+) -> Any:
+    """A fresh vhost and bucket on the session's broker and SeaweedFS; every worker is stopped afterwards."""
+    suffix = secrets.token_hex(4)
+    vhost_url = create_vhost(f"sdqueue-fault-{suffix}")
+    bucket = f"fault-{suffix}"
+    s3_client.create_bucket(Bucket=bucket)
+    (tmp_path / "state").mkdir()
+    settings = make_stack_settings(
+        amqp_url=vhost_url,
+        s3=seaweed.s3.model_copy(update={"bucket": bucket}),
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path / "state",
+        signing_keys=signing_keys,
+    )
+    stack = FaultStack(settings=settings, log_dir=tmp_path, s3_client=s3_client)
+    yield stack
+    for worker in stack.workers:
+        if worker.process.poll() is None:
+            stop_process(worker.process, timeout_s=10.0)
+    delete_vhost(vhost_url.rsplit("/", 1)[-1])
+
+
+@pytest_asyncio.fixture
+async def fault_client(fault_stack: FaultStack) -> AsyncIterator[SdqueueClient]:
+    """A client on the isolated stack (it does not wait for workers: tests start them)."""
+    async with SdqueueClient(fault_stack.settings, subject="tester") as client:
+        yield client
+
+
+@pytest_asyncio.fixture
+async def fault_probe(fault_stack: FaultStack) -> AsyncIterator[BrokerProbe]:
+    """A broker observer on the isolated vhost."""
+    connection = await aio_pika.connect_robust(fault_stack.settings.broker.url.get_secret_value())
+    async with connection:
+        yield BrokerProbe(await connection.channel())
+
+
+async def queue_depth(settings: Settings, alias: str = "default") -> int:
+    """Ready messages in an alias's request queue (unacked ones are not counted)."""
+    connection = await aio_pika.connect(settings.broker.url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(requests_queue(alias), passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def rabbitmqctl(*args: str) -> None:
+    """Run rabbitmqctl (the fault suite restarts the broker app)."""
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)

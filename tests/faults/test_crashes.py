@@ -1,0 +1,151 @@
+"""Workers die, get signals, or meet a poison request: every job still ends with exactly one result."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+from PIL import Image
+
+from sdqueue.client import SdqueueClient
+from sdqueue.contracts import ErrorCode, FailedEvent, SucceededEvent
+from tests.e2e.requests import txt2img
+from tests.faults.conftest import FaultStack, updated
+from tests.plugins.stack import BrokerProbe, EventLog
+
+SLOW = {"width": 256, "height": 256, "steps": 40}  # about a second of generation on 2 cores
+
+
+async def _wait_for(predicate: object, *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _started_by(logs: dict[str, EventLog], worker: str) -> list[str]:
+    return [job for job, log in logs.items() if any(e.type == "started" and e.worker == worker for e in log.events)]
+
+
+async def _assert_one_result_each(
+    client: SdqueueClient, stack: FaultStack, logs: dict[str, EventLog], job_ids: list[str]
+) -> list[SucceededEvent]:
+    results = []
+    for job_id in job_ids:
+        event = await client.wait(job_id, timeout_s=120)
+        assert isinstance(event, SucceededEvent), f"{job_id}: {event}\n{stack.logs()}"
+        assert await client.read_record(job_id) == event
+        assert stack.output_keys(job_id) == [image.key for image in event.images]
+        results.append(event)
+    await asyncio.sleep(0.5)
+    for job_id in job_ids:
+        assert len(logs[job_id].of_type("succeeded")) == 1, f"{job_id} finished twice"
+    return results
+
+
+async def test_kill_9_mid_generation_with_a_second_worker(
+    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+):
+    victim = fault_stack.start_worker("victim")
+    await fault_client.wait_for_workers("default", timeout_s=120)
+    fault_stack.start_worker("survivor")
+    logs = await fault_probe.watch_all()
+    jobs = [txt2img(**SLOW, seed=i) for i in range(6)]
+    for request in jobs:
+        await fault_client.submit(request)
+
+    await _wait_for(lambda: _started_by(logs, "victim"), timeout_s=60, what="the victim to start a job")
+    killed_job = _started_by(logs, "victim")[0]
+    fault_stack.kill(victim)
+
+    results = await _assert_one_result_each(fault_client, fault_stack, logs, [r.job_id for r in jobs])
+    redone = next(event for event in results if event.job_id == killed_job)
+    assert redone.worker == "survivor"
+    assert redone.attempt == 2
+
+
+async def test_kill_between_upload_and_record_redelivers_without_new_objects(
+    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+):
+    # Test-only fault hook: the worker exits with os._exit (as kill -9 would) right after uploading.
+    crashing = fault_stack.start_worker("crashing", updated(fault_stack.settings, faults={"exit_after_upload": True}))
+    await fault_client.wait_for_workers("default", timeout_s=120)
+    logs = await fault_probe.watch_all()
+    request = txt2img(num_images=2, seed=3)
+    await fault_client.submit(request)
+
+    assert crashing.process.wait(timeout=120) == 137
+    uploaded = fault_stack.output_keys(request.job_id)
+    assert len(uploaded) == 2
+    assert await fault_client.read_record(request.job_id) is None
+    fault_stack.start_worker("healthy")
+
+    [event] = await _assert_one_result_each(fault_client, fault_stack, logs, [request.job_id])
+    assert fault_stack.output_keys(request.job_id) == uploaded
+    assert event.attempt == 2
+    for image in event.images:
+        data = await fault_client.fetch_image(image)  # checked against the event's sha256
+        assert Image.open(io.BytesIO(data)).size == (64, 64)
+
+
+async def test_poison_request_is_dead_lettered_once_while_others_flow(
+    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+):
+    # Test-only model hook: generation raises an unexpected error for prompts with this marker.
+    fault_stack.start_worker("worker", updated(fault_stack.settings, faults={"fail_prompt_marker": "POISON"}))
+    await fault_client.wait_for_workers("default", timeout_s=120)
+    logs = await fault_probe.watch_all()
+    poison = txt2img(prompt="POISON pill")
+    good = [txt2img(seed=i) for i in range(5)]
+    for request in [poison, *good]:
+        await fault_client.submit(request)
+
+    failed = await fault_client.wait(poison.job_id, timeout_s=120)
+    await _assert_one_result_each(fault_client, fault_stack, logs, [r.job_id for r in good])
+
+    assert isinstance(failed, FailedEvent)
+    assert failed.error.code is ErrorCode.DELIVERY_LIMIT_EXCEEDED
+    assert failed.attempt == fault_stack.settings.broker.delivery_limit + 1
+    assert len(logs[poison.job_id].of_type("failed")) == 1
+    assert set(await fault_probe.dead_letters()) == {poison.job_id}
+
+
+async def test_sigterm_lets_the_job_in_hand_finish_and_exits_0(
+    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+):
+    worker = fault_stack.start_worker("draining")
+    await fault_client.wait_for_workers("default", timeout_s=120)
+    logs = await fault_probe.watch_all()
+    request = txt2img(**SLOW)
+    await fault_client.submit(request)
+    await _wait_for(lambda: _started_by(logs, "draining"), timeout_s=60, what="the job to start")
+
+    worker.process.terminate()
+
+    started = time.monotonic()
+    assert worker.process.wait(timeout=fault_stack.settings.shutdown_grace_s + 10) == 0, fault_stack.logs()
+    assert time.monotonic() - started < fault_stack.settings.shutdown_grace_s
+    event = await fault_client.wait(request.job_id, timeout_s=30)
+    assert isinstance(event, SucceededEvent)
+    assert event.worker == "draining"
+
+
+async def test_sigterm_past_the_grace_requeues_for_another_worker(
+    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+):
+    impatient = fault_stack.settings.model_copy(update={"shutdown_grace_s": 0.2})
+    worker = fault_stack.start_worker("impatient", impatient)
+    await fault_client.wait_for_workers("default", timeout_s=120)
+    logs = await fault_probe.watch_all()
+    request = txt2img(width=512, height=512, steps=60)
+    await fault_client.submit(request)
+    await _wait_for(lambda: _started_by(logs, "impatient"), timeout_s=60, what="the job to start")
+
+    worker.process.terminate()
+
+    assert worker.process.wait(timeout=30) == 0, fault_stack.logs()
+    assert await fault_client.read_record(request.job_id) is None
+    fault_stack.start_worker("successor")
+    [event] = await _assert_one_result_each(fault_client, fault_stack, logs, [request.job_id])
+    assert (event.worker, event.attempt) == ("successor", 2)
