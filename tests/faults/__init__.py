@@ -45,6 +45,7 @@ async def expect_rejection(
     worker: WorkerProcess,
 ) -> Rejection:
     """Publish `message` and return its single failed event, once the request is in `sdqueue.dead`."""
+    log_offset = log_size(worker)
     log = await probe.watch(job_id)
     await client.publish_raw(message, routing_key="default")
     await log.wait_for("failed", timeout_s=FAILED_TIMEOUT_S)
@@ -60,7 +61,21 @@ async def expect_rejection(
     assert (event.error.code, event.error.retryable) == (code, False), event.error.message
     assert len(event.error.message) <= MAX_ERROR_MESSAGE_CHARS, "error message echoes the input"
     assert worker.process.poll() is None, f"worker died:\n{worker.log_tail()}"
+    assert_no_traceback_since(worker, log_offset)
     return Rejection(event=event, log=log)
+
+
+def log_size(worker: WorkerProcess) -> int:
+    """How far the worker's log has been written so far."""
+    return worker.log_path.stat().st_size
+
+
+def assert_no_traceback_since(worker: WorkerProcess, offset: int) -> None:
+    """Fail if the worker logged a traceback since `offset`: something got past every stage into the job guard."""
+    with worker.log_path.open("rb") as log_file:
+        log_file.seek(offset)
+        written = log_file.read().decode(errors="replace")
+    assert "Traceback" not in written, f"the worker's last-resort guard caught something:\n{written[-4000:]}"
 
 
 async def dead_letter_by_correlation_id(

@@ -22,19 +22,25 @@ from PIL import Image
 from sdqueue.client import SdqueueClient, bearer
 from sdqueue.config import Settings
 from sdqueue.contracts import ErrorCode, GenerationRequest, SucceededEvent, parse_event
-from sdqueue.contracts.topology import EVENTS_EXCHANGE
+from sdqueue.contracts.topology import DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE
 from tests.e2e.requests import (
     body_with,
     claims,
     hs256,
     img2img,
-    message_without_id,
     png_claiming,
+    publish_without_message_id,
     raw_message,
     signed_message,
     txt2img,
 )
-from tests.faults import QUIET_AFTER_S, dead_letter_by_correlation_id, expect_rejection
+from tests.faults import (
+    QUIET_AFTER_S,
+    assert_no_traceback_since,
+    dead_letter_by_correlation_id,
+    expect_rejection,
+    log_size,
+)
 from tests.plugins.stack import BrokerProbe, WorkerProcess
 
 GENERATION_TIMEOUT_S = 90.0
@@ -51,12 +57,6 @@ async def broker(stack_settings: Settings, client: SdqueueClient) -> AsyncIterat
     connection = await aio_pika.connect_robust(stack_settings.broker.url.get_secret_value())
     async with connection:
         yield connection
-
-
-@pytest.fixture(scope="module")
-def log_offset(worker: WorkerProcess) -> int:
-    """Where the worker log stood before this module's first job."""
-    return worker.log_path.stat().st_size
 
 
 def _not_utf8(request: GenerationRequest) -> bytes:
@@ -97,7 +97,6 @@ async def test_bad_body_is_reported_recorded_and_dead_lettered(
     probe: BrokerProbe,
     worker: WorkerProcess,
     stack_settings: Settings,
-    log_offset: int,
 ):
     request = txt2img()
     body = make_body(request)
@@ -140,7 +139,6 @@ async def test_bad_init_image_is_reported_recorded_and_dead_lettered(
     probe: BrokerProbe,
     worker: WorkerProcess,
     stack_settings: Settings,
-    log_offset: int,
 ):
     request = img2img(make_init_image())
     body = request.model_dump_json().encode()
@@ -172,7 +170,6 @@ async def test_unusual_prompt_text_succeeds_and_is_embedded(
     client: SdqueueClient,
     probe: BrokerProbe,
     stack_settings: Settings,
-    log_offset: int,
 ):
     request = txt2img(prompt=prompt)
     body = json.dumps(request.model_dump(mode="json"), ensure_ascii=ensure_ascii).encode()
@@ -192,16 +189,21 @@ async def test_unusual_prompt_text_succeeds_and_is_embedded(
 
 @pytest.mark.parametrize("message_id", [None, "not a job id!"], ids=["no message_id", "message_id not a job id"])
 async def test_job_id_of_a_valid_body_is_used_when_the_message_has_none(
-    message_id: str | None, client: SdqueueClient, probe: BrokerProbe, stack_settings: Settings, log_offset: int
+    message_id: str | None,
+    client: SdqueueClient,
+    probe: BrokerProbe,
+    worker: WorkerProcess,
+    stack_settings: Settings,
 ):
     request = txt2img()
     body = request.model_dump_json().encode()
     token = hs256(claims(body, job_id=request.job_id, auth=stack_settings.auth), stack_settings.auth)
     log = await probe.watch(request.job_id)
 
-    await client.publish_raw(raw_message(body, job_id=message_id, authorization=bearer(token)), routing_key="default")
+    await _publish(body, message_id=message_id, authorization=bearer(token), client=client, settings=stack_settings)
     await log.wait_for("succeeded", timeout_s=GENERATION_TIMEOUT_S)
 
+    assert not log.of_type("failed"), f"{log.events}\n{worker.log_tail()}"
     [event] = log.of_type("succeeded")
     assert event.job_id == request.job_id
     assert await client.read_record(request.job_id) == event
@@ -213,11 +215,11 @@ async def test_message_with_no_usable_job_id_is_dead_lettered_silently(
     client: SdqueueClient,
     broker: AbstractRobustConnection,
     worker: WorkerProcess,
-    log_offset: int,
+    stack_settings: Settings,
 ):
+    body = b"\x00 neither JSON nor a job id"
     correlation_id = f"silent-{secrets.token_hex(8)}"
-    message = message_without_id(b"\x00 neither JSON nor a job id", correlation_id=correlation_id, authorization=None)
-    message.message_id = message_id
+    log_offset = log_size(worker)
     seen: list[AbstractIncomingMessage] = []
 
     async def collect(event: AbstractIncomingMessage) -> None:
@@ -228,22 +230,81 @@ async def test_message_with_no_usable_job_id_is_dead_lettered_silently(
         await every_event.bind(EVENTS_EXCHANGE, routing_key="#")
         await every_event.consume(collect, no_ack=True)
 
-        await client.publish_raw(message, routing_key="default")
+        await _publish(
+            body,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            authorization=None,
+            client=client,
+            settings=stack_settings,
+        )
         dead = await dead_letter_by_correlation_id(broker, correlation_id)
         await asyncio.sleep(QUIET_AFTER_S)
 
     assert dead is not None, f"message never reached sdqueue.dead; worker log:\n{worker.log_tail()}"
-    assert dead.body == message.body
+    assert (dead.body, dead.message_id) == (body, message_id)
     assert [parse_event(event.body) for event in seen] == [], "no job id, so nobody to report to"
     assert worker.process.poll() is None
+    assert_no_traceback_since(worker, log_offset)
 
 
-async def test_worker_still_serves_after_the_battery(client: SdqueueClient, worker: WorkerProcess, log_offset: int):
+async def _publish(
+    body: bytes,
+    *,
+    message_id: str | None,
+    authorization: str | None,
+    client: SdqueueClient,
+    settings: Settings,
+    correlation_id: str | None = None,
+) -> None:
+    """Publish with exactly the `message_id` given; aio-pika would invent one where it is None."""
+    correlation_id = correlation_id or secrets.token_hex(8)
+    if message_id is None:
+        await publish_without_message_id(
+            settings.broker.url.get_secret_value(),
+            body,
+            routing_key="default",
+            correlation_id=correlation_id,
+            authorization=authorization,
+        )
+        return
+    message = raw_message(body, job_id=message_id, authorization=authorization)
+    message.correlation_id = correlation_id
+    await client.publish_raw(message, routing_key="default")
+
+
+@pytest.mark.parametrize(
+    "forged_count",
+    [
+        pytest.param(-5, id="negative"),
+        pytest.param(99, id="past the limit"),
+        pytest.param("three", id="not a number"),
+    ],
+)
+async def test_forged_delivery_count_header_is_not_trusted(
+    forged_count: int | str,
+    client: SdqueueClient,
+    probe: BrokerProbe,
+    worker: WorkerProcess,
+    stack_settings: Settings,
+):
+    request = txt2img()
+    message = signed_message(request.model_dump_json().encode(), job_id=request.job_id, auth=stack_settings.auth)
+    message.headers[DELIVERY_COUNT_HEADER] = forged_count
+    log_offset = log_size(worker)
+    log = await probe.watch(request.job_id)
+
+    await client.publish_raw(message, routing_key="default")
+    await log.wait_for("succeeded", timeout_s=GENERATION_TIMEOUT_S)
+    await asyncio.sleep(QUIET_AFTER_S)
+
+    assert [event.type for event in log.events if event.type != "progress"] == ["started", "succeeded"]
+    assert {event.attempt for event in log.events} == {1}, "a first delivery is attempt 1, whatever the headers say"
+    assert_no_traceback_since(worker, log_offset)
+
+
+async def test_worker_still_serves_after_the_battery(client: SdqueueClient, worker: WorkerProcess):
     event = await client.generate(txt2img(), timeout_s=GENERATION_TIMEOUT_S)
 
     assert event.images
     assert worker.process.poll() is None
-    with worker.log_path.open("rb") as log:
-        log.seek(log_offset)
-        written = log.read().decode(errors="replace")
-    assert "Traceback" not in written, "a hostile input reached the worker's last-resort guard"

@@ -28,6 +28,7 @@ from sdqueue.client.errors import (
     ClientError,
     JobFailed,
     RequestRefused,
+    StorageUnavailable,
     UnroutableRequest,
     WaitTimeout,
 )
@@ -275,10 +276,18 @@ class SdqueueClient:
                 async with asyncio.timeout(min(remaining, RECORD_POLL_INTERVAL_S)):
                     return await queue.get()
             except TimeoutError:
-                record = await self.read_record(job_id)
+                record = await self._record_if_reachable(job_id)
                 if record is not None:
                     return record
         raise WaitTimeout(f"job {job_id} did not finish in time")
+
+    async def _record_if_reachable(self, job_id: str) -> TerminalEvent | None:
+        """The record, or None while it is missing or the bucket is unreachable (waiting goes on either way)."""
+        try:
+            return await self.read_record(job_id)
+        except StorageUnavailable as exc:
+            log.debug("job %s: record not readable yet: %s", job_id, exc)
+            return None
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         try:

@@ -101,7 +101,8 @@ def to_delivery(message: AbstractIncomingMessage, *, alias: str) -> Delivery:
     """Read what the pipeline needs from a raw message."""
     headers = message.headers or {}
     authorization = headers.get(AUTHORIZATION_HEADER)
-    count = headers.get(DELIVERY_COUNT_HEADER, 0)
+    # Only the broker's count on a redelivery is trusted: a producer can put any header on a first delivery.
+    count = headers.get(DELIVERY_COUNT_HEADER, 0) if message.redelivered else 0
     published_at = message.timestamp
     if published_at is not None and published_at.tzinfo is None:
         published_at = published_at.replace(tzinfo=UTC)
@@ -113,6 +114,6 @@ def to_delivery(message: AbstractIncomingMessage, *, alias: str) -> Delivery:
         authorization=authorization if isinstance(authorization, str) else None,
         reply_to=message.reply_to,
         correlation_id=message.correlation_id,
-        delivery_count=count if isinstance(count, int) else 0,
+        delivery_count=max(count, 0) if isinstance(count, int) else 0,
         published_at=published_at,
     )

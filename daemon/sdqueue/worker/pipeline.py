@@ -157,8 +157,8 @@ async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> No
     ctx.model, ctx.metadata = request.model, dict(request.metadata)
     if await republish_record(ctx=ctx, delivery=delivery, services=services):
         return
-    await emit(ctx.started(), delivery=delivery, services=services)
     init_image = await fetch_init_image(request, services=services)
+    await emit(ctx.started(), delivery=delivery, services=services)
     generated = await generate(
         request, init_image, generator=services.generators[request.model], ctx=ctx, delivery=delivery, services=services
     )

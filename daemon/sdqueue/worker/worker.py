@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import TYPE_CHECKING
 
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 
-from sdqueue.config import Settings, make_s3_client
+from sdqueue.config import S3Settings, Settings, make_s3_client
 from sdqueue.worker import store
 from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_topology
 from sdqueue.worker.context import JobContext
+from sdqueue.worker.errors import StorageError
 from sdqueue.worker.generate import ImageGenerator, describe_runtime, ensure_tiny_model, load_generator
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
 from sdqueue.worker.pipeline import Services, process_delivery, retry_or_give_up
@@ -40,7 +42,7 @@ async def run_worker(settings: Settings) -> None:
         log.info("runtime: %s", describe_runtime(settings.runtime))
         generators = await load_models(settings, executor=executor)
         s3 = make_s3_client(settings.s3)
-        await store.check_bucket(s3, bucket=settings.s3.bucket)
+        await wait_for_storage(s3, s3_settings=settings.s3)
         connection = await connect(settings.broker)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
@@ -63,6 +65,25 @@ async def run_worker(settings: Settings) -> None:
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker %s stopped", settings.worker_name)
+
+
+async def wait_for_storage(client: S3Client, *, s3_settings: S3Settings) -> None:
+    """Start only once the bucket answers, waiting out an outage of up to `outage_budget_s`.
+
+    Raises:
+        StorageError: the bucket stayed unreachable (or missing) for the whole budget.
+    """
+    deadline = time.monotonic() + s3_settings.outage_budget_s
+    while True:
+        try:
+            await store.check_bucket(client, bucket=s3_settings.bucket)
+        except StorageError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("waiting for storage: %s", exc.message)
+            await asyncio.sleep(2.0)
+        else:
+            return
 
 
 @contextlib.asynccontextmanager
