@@ -52,7 +52,8 @@ async def _all_succeed_once(
         assert await client.read_record(job_id) == event
         events.append(event)
     for job_id in job_ids:
-        assert len(logs[job_id].of_type("succeeded")) <= 1, f"{job_id} generated twice"
+        # An observer's queue misses what is published while the broker is away, so a job may have no log here.
+        assert len(logs.get(job_id, EventLog()).of_type("succeeded")) <= 1, f"{job_id} generated twice"
     return events
 
 

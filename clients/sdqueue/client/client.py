@@ -77,6 +77,7 @@ class SdqueueClient:
         self._watchers: dict[str, asyncio.Queue[JobEvent]] = {}
         self._bound: set[str] = set()
         self._submitted: set[str] = set()
+        self._recoveries: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._replies: AbstractQueue | None = None
@@ -109,12 +110,16 @@ class SdqueueClient:
                     f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}", exclusive=True, auto_delete=True
                 )
                 await self._replies.consume(self._on_event, no_ack=True)
+                self._connection.reconnect_callbacks.add(self._on_reconnect)
         except (AMQPError, OSError, TimeoutError) as exc:
             await self.close()
             raise BrokerUnavailable("could not connect to the broker") from exc
 
     async def close(self) -> None:
         """Close the broker connection and the HTTP client."""
+        for task in self._recoveries:
+            task.cancel()
+        await asyncio.gather(*self._recoveries, return_exceptions=True)
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
@@ -288,6 +293,18 @@ class SdqueueClient:
         except StorageUnavailable as exc:
             log.debug("job %s: record not readable yet: %s", job_id, exc)
             return None
+
+    def _on_reconnect(self, _: AbstractRobustConnection | None, /) -> None:
+        """Events published while the reply queue was gone are lost; recover those jobs from their records."""
+        task = asyncio.create_task(self._recover_from_records())
+        self._recoveries.add(task)
+        task.add_done_callback(self._recoveries.discard)
+
+    async def _recover_from_records(self) -> None:
+        for job_id, queue in list(self._watchers.items()):
+            record = await self._record_if_reachable(job_id)
+            if record is not None:
+                queue.put_nowait(record)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         try:
