@@ -149,3 +149,22 @@ async def test_sigterm_past_the_grace_requeues_for_another_worker(
     fault_stack.start_worker("successor")
     [event] = await _assert_one_result_each(fault_client, fault_stack, logs, [request.job_id])
     assert (event.worker, event.attempt) == ("successor", 2)
+
+
+async def test_generation_over_its_time_budget_fails_as_limits_exceeded(
+    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+):
+    fault_stack.start_worker("strict", updated(fault_stack.settings, limits={"max_generate_s": 0.3}))
+    await fault_client.wait_for_workers("default", timeout_s=120)
+    slow, quick = txt2img(width=512, height=512, steps=60), txt2img()
+
+    await fault_client.submit(slow)
+    failed = await fault_client.wait(slow.job_id, timeout_s=60)
+    succeeded = await fault_client.generate(quick, timeout_s=60)
+
+    assert isinstance(failed, FailedEvent)
+    assert failed.error.code is ErrorCode.LIMITS_EXCEEDED
+    assert failed.timings.generate is not None
+    assert failed.timings.generate < 5.0
+    assert succeeded.images
+    assert set(await fault_probe.dead_letters()) == {slow.job_id}

@@ -92,6 +92,9 @@ class LimitSettings(_Group):
     max_init_image_pixels: PositiveInt = Field(
         default=4096 * 4096, description="Largest decoded init image; bigger is a decompression bomb."
     )
+    max_generate_s: PositiveFloat = Field(
+        default=600.0, description="Time budget of one job's generation; past it the job fails `limits_exceeded`."
+    )
 
 
 class RuntimeSettings(_Group):

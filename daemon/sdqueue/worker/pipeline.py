@@ -37,9 +37,11 @@ from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
 from sdqueue.worker.errors import (
+    Cancelled,
     DeliveryLimitExceeded,
     Forbidden,
     InvalidImage,
+    LimitsExceeded,
     SdqueueError,
     ServiceUnavailable,
     StorageError,
@@ -272,10 +274,20 @@ async def generate(
     steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
     on_step = _throttled(lambda step, total: loop.call_soon_threadsafe(steps.put_nowait, (step, total)))
     pump = asyncio.create_task(pump_progress(steps, ctx=ctx, delivery=delivery, services=services))
-    call = functools.partial(generator.generate, spec, on_step=on_step, should_stop=services.stop_generation.is_set)
+    deadline = time.monotonic() + services.settings.limits.max_generate_s
+
+    def should_stop() -> bool:
+        return services.stop_generation.is_set() or time.monotonic() > deadline
+
+    call = functools.partial(generator.generate, spec, on_step=on_step, should_stop=should_stop)
     try:
         with ctx.phase("generate"):
             return await loop.run_in_executor(services.executor, call)
+    except Cancelled as exc:
+        if time.monotonic() > deadline:
+            budget_s = services.settings.limits.max_generate_s
+            raise LimitsExceeded(f"generation took longer than its {budget_s:g}s budget") from exc
+        raise
     finally:
         steps.put_nowait(None)
         await pump
