@@ -168,3 +168,23 @@ async def test_generation_over_its_time_budget_fails_as_limits_exceeded(
     assert failed.timings.generate < 5.0
     assert succeeded.images
     assert set(await fault_probe.dead_letters()) == {slow.job_id}
+
+
+async def test_second_signal_exits_at_once_and_the_broker_redelivers(
+    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+):
+    worker = fault_stack.start_worker("hasty")
+    await fault_client.wait_for_workers("default", timeout_s=120)
+    logs = await fault_probe.watch_all()
+    request = txt2img(width=512, height=512, steps=60)
+    await fault_client.submit(request)
+    await _wait_for(lambda: _started_by(logs, "hasty"), timeout_s=60, what="the job to start")
+
+    worker.process.terminate()
+    await asyncio.sleep(0.3)
+    worker.process.terminate()
+
+    assert worker.process.wait(timeout=5) == 128 + 15
+    fault_stack.start_worker("successor")
+    [event] = await _assert_one_result_each(fault_client, fault_stack, logs, [request.job_id])
+    assert (event.worker, event.attempt) == ("successor", 2)
