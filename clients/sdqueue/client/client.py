@@ -35,6 +35,8 @@ from sdqueue.client.errors import (
 from sdqueue.client.tokens import bearer, mint_token
 from sdqueue.config import Settings, make_s3_client
 from sdqueue.contracts import (
+    SCOPE_CANCEL,
+    CancelCommand,
     CancelledEvent,
     FailedEvent,
     GenerationRequest,
@@ -48,6 +50,7 @@ from sdqueue.contracts import (
 )
 from sdqueue.contracts.topology import (
     AUTHORIZATION_HEADER,
+    CONTROL_EXCHANGE,
     EVENTS_EXCHANGE,
     REQUESTS_EXCHANGE,
     job_events_pattern,
@@ -125,10 +128,10 @@ class SdqueueClient:
             self._connection = None
         await self._http.aclose()
 
-    async def submit(self, request: GenerationRequest, *, token: str | None = None) -> str:
+    async def submit(self, request: GenerationRequest, *, token: str | None = None, subject: str | None = None) -> str:
         """Publish a request with mandatory routing and wait for the broker's confirm; returns the job id.
 
-        Without `token`, one is minted for this client's subject with the configured HS256 secret.
+        Without `token`, one is minted for `subject` (default: this client's) with the configured HS256 secret.
 
         Raises:
             UnroutableRequest: no worker queue serves `request.model`.
@@ -137,7 +140,7 @@ class SdqueueClient:
         """
         body = request.model_dump_json(exclude_defaults=False).encode()
         if token is None:
-            token = mint_token(body, job_id=request.job_id, subject=self._subject, auth=self._settings.auth)
+            token = mint_token(body, job_id=request.job_id, subject=subject or self._subject, auth=self._settings.auth)
         self._watchers.setdefault(request.job_id, asyncio.Queue())
         self._submitted.add(request.job_id)
         message = aio_pika.Message(
@@ -159,7 +162,10 @@ class SdqueueClient:
         Raises:
             UnroutableRequest, RequestRefused, BrokerUnavailable: as for `submit`.
         """
-        exchange = await self._exchange(REQUESTS_EXCHANGE)
+        await self._publish(REQUESTS_EXCHANGE, message, routing_key=routing_key)
+
+    async def _publish(self, exchange_name: str, message: aio_pika.Message, *, routing_key: str) -> None:
+        exchange = await self._exchange(exchange_name)
         try:
             async with asyncio.timeout(self._settings.broker.publish_timeout_s):
                 await exchange.publish(message, routing_key=routing_key, mandatory=True)
@@ -171,6 +177,35 @@ class SdqueueClient:
             raise RequestRefused("the broker refused the request") from exc
         except (AMQPError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable("the broker did not confirm the request") from exc
+
+    async def cancel(
+        self, job_id: str, *, token: str | None = None, subject: str | None = None, reason: str = ""
+    ) -> bool:
+        """Ask every worker to cancel a job; returns False when no worker listens on `sdqueue.control`.
+
+        A queued job ends `cancelled` when a worker takes it; a running one stops at its next step. Only the
+        job's own subject (or a token with `sdqueue:admin`) can cancel it.
+
+        Raises:
+            BrokerUnavailable: no confirm in time.
+        """
+        body = CancelCommand(job_id=job_id, reason=reason).model_dump_json().encode()
+        if token is None:
+            token = mint_token(
+                body, job_id=job_id, subject=subject or self._subject, auth=self._settings.auth, scopes=(SCOPE_CANCEL,)
+            )
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=job_id,
+            timestamp=utc_now(),
+            headers={AUTHORIZATION_HEADER: bearer(token)},
+        )
+        try:
+            await self._publish(CONTROL_EXCHANGE, message, routing_key="")
+        except UnroutableRequest:
+            return False
+        return True
 
     async def events(self, job_id: str, *, timeout_s: float = 600.0) -> AsyncIterator[JobEvent]:
         """Yield the job's events as they arrive, ending with its terminal event.

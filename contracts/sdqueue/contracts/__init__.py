@@ -1,5 +1,6 @@
 """The sdqueue wire contract: request, events, error codes, names. Shared by the worker and every client."""
 
+from sdqueue.contracts.control import CancelCommand
 from sdqueue.contracts.errors import ErrorCode, ErrorInfo
 from sdqueue.contracts.events import (
     CONTENT_TYPES,
@@ -38,6 +39,7 @@ __all__ = [
     "SCOPE_ADMIN",
     "SCOPE_CANCEL",
     "SCOPE_GENERATE",
+    "CancelCommand",
     "CancelledEvent",
     "ErrorCode",
     "ErrorInfo",
