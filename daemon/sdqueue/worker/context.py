@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sdqueue.contracts import ErrorInfo, FailedEvent, StartedEvent, Timings, utc_now
+from sdqueue.contracts import CancelledEvent, ErrorInfo, FailedEvent, StartedEvent, Timings, utc_now
 
 
 @dataclass(kw_only=True)
@@ -42,6 +42,10 @@ class JobContext:
     def failed(self, error: ErrorInfo) -> FailedEvent:
         """The terminal event of a job that ends without images."""
         return FailedEvent.model_validate({**self.event_fields(), "error": error, "timings": self.timings()})
+
+    def cancelled(self, error: ErrorInfo) -> CancelledEvent:
+        """The terminal event of a job its caller cancelled."""
+        return CancelledEvent.model_validate({**self.event_fields(), "error": error})
 
     def timings(self) -> Timings:
         """Seconds per phase so far; `queued` from the publish timestamp when the producer set one."""

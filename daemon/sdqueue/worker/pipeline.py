@@ -35,6 +35,7 @@ from sdqueue.contracts.topology import output_key, record_key
 from sdqueue.worker import store
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
+from sdqueue.worker.control import JobRegistry
 from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
 from sdqueue.worker.errors import (
     Cancelled,
@@ -77,6 +78,7 @@ class Services:
     events: AbstractExchange
     executor: ThreadPoolExecutor
     stop_generation: threading.Event
+    registry: JobRegistry
 
 
 async def process_delivery(delivery: Delivery, services: Services) -> Settlement:
@@ -100,6 +102,10 @@ async def process_delivery(delivery: Delivery, services: Services) -> Settlement
         await run_job(delivery, ctx, services)
     except ServiceUnavailable as error:
         return await retry_or_give_up(error, ctx=ctx, delivery=delivery, services=services)
+    except Cancelled as error:
+        log.info("job %s cancelled: %s", job_id, error.message)
+        await finish(ctx.cancelled(error.to_info()), ctx=ctx, delivery=delivery, services=services)
+        return "ack"
     except SdqueueError as error:
         log.info("job %s failed: %s (%s)", job_id, error.code, error.message)
         await report_failure(error, ctx=ctx, delivery=delivery, services=services)
@@ -159,16 +165,35 @@ async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> No
     ctx.model, ctx.metadata = request.model, dict(request.metadata)
     if await republish_record(ctx=ctx, delivery=delivery, services=services):
         return
+    stop = services.registry.start(ctx.job_id, owner=claims.subject)
+    if stop is None:
+        raise Cancelled("the job was cancelled before it started")
+    try:
+        await produce(request, stop=stop, ctx=ctx, delivery=delivery, services=services)
+    finally:
+        services.registry.finish(ctx.job_id)
+
+
+async def produce(
+    request: GenerationRequest, *, stop: threading.Event, ctx: JobContext, delivery: Delivery, services: Services
+) -> None:
+    """Load input, generate, encode, upload, then record and publish the result."""
     init_image = await fetch_init_image(request, services=services)
     await emit(ctx.started(), delivery=delivery, services=services)
     generated = await generate(
-        request, init_image, generator=services.generators[request.model], ctx=ctx, delivery=delivery, services=services
+        request,
+        init_image,
+        generator=services.generators[request.model],
+        stop=stop,
+        ctx=ctx,
+        delivery=delivery,
+        services=services,
     )
     with ctx.phase("encode"):
         encoded = await asyncio.to_thread(_encode, request, generated)
     with ctx.phase("upload"):
         images = await upload_images(request, encoded, services=services)
-    if settings.faults.exit_after_upload:
+    if services.settings.faults.exit_after_upload:
         log.critical("job %s: test fault: exiting between upload and record", ctx.job_id)
         os._exit(137)
     event = SucceededEvent.model_validate(
@@ -249,6 +274,7 @@ async def generate(
     init_image: Image.Image | None,
     *,
     generator: ImageGenerator,
+    stop: threading.Event,
     ctx: JobContext,
     delivery: Delivery,
     services: Services,
@@ -277,7 +303,7 @@ async def generate(
     deadline = time.monotonic() + services.settings.limits.max_generate_s
 
     def should_stop() -> bool:
-        return services.stop_generation.is_set() or time.monotonic() > deadline
+        return stop.is_set() or services.stop_generation.is_set() or time.monotonic() > deadline
 
     call = functools.partial(generator.generate, spec, on_step=on_step, should_stop=should_stop)
     try:

@@ -49,7 +49,13 @@ def load_keys(auth: AuthSettings) -> VerificationKeys:
 
 
 def verify_token(
-    authorization: str | None, *, body: bytes, job_id: str, auth: AuthSettings, keys: VerificationKeys
+    authorization: str | None,
+    *,
+    body: bytes,
+    job_id: str,
+    auth: AuthSettings,
+    keys: VerificationKeys,
+    required_scopes: frozenset[str] = frozenset({SCOPE_GENERATE, SCOPE_ADMIN}),
 ) -> Claims:
     """Check signature, claims, job binding, body binding and scope, and return the claims.
 
@@ -58,7 +64,7 @@ def verify_token(
         InvalidToken: bad signature, disallowed algorithm, unknown key, or a claim that does not hold.
         TokenExpired: `exp` passed before the job could start.
         BodyMismatch: the token was signed for other body bytes.
-        Forbidden: the token lacks the generate scope.
+        Forbidden: the token has none of `required_scopes` (by default generate or admin).
     """
     token = _bearer_token(authorization)
     payload = _decode(token, auth=auth, keys=keys)
@@ -67,8 +73,8 @@ def verify_token(
     if payload["body_sha256"] != body_sha256(body):
         raise BodyMismatch("token was issued for a different request body")
     scopes = frozenset(str(payload["scope"]).split())
-    if not scopes & {SCOPE_GENERATE, SCOPE_ADMIN}:
-        raise Forbidden(f"token lacks scope {SCOPE_GENERATE}")
+    if not scopes & required_scopes:
+        raise Forbidden(f"token lacks scope {' or '.join(sorted(required_scopes))}")
     return Claims(
         subject=str(payload["sub"]),
         issuer=str(payload["iss"]),

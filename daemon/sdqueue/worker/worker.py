@@ -15,12 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from sdqueue.config import S3Settings, Settings, make_s3_client
 from sdqueue.worker import store
 from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_topology
 from sdqueue.worker.context import JobContext
+from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
 from sdqueue.worker.errors import StorageError
 from sdqueue.worker.generate import ImageGenerator, describe_runtime, ensure_tiny_model, load_generator
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
@@ -59,6 +60,7 @@ async def run_worker(settings: Settings) -> None:
                 events=topology.events,
                 executor=executor,
                 stop_generation=threading.Event(),
+                registry=JobRegistry(),
             )
             async with health_endpoint(settings, connection=connection, s3=s3):
                 await serve(topology.requests, services=services)
@@ -132,6 +134,13 @@ async def serve(queues: Mapping[str, AbstractQueue], *, services: Services) -> N
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
 
+    async def on_control(message: AbstractIncomingMessage) -> None:
+        apply_cancel(message, registry=services.registry, auth=services.settings.auth, keys=services.keys)
+
+    # Held for the whole serve: aio-pika restores only queues that are still referenced after a reconnect.
+    control_queue = await consume_control(
+        services.channel, worker_name=services.settings.worker_name, on_message=on_control
+    )
     tags = {alias: await consume_jobs(queue, alias=alias, on_delivery=on_delivery) for alias, queue in queues.items()}
     log.info("worker %s ready; serving %s", services.settings.worker_name, ", ".join(sorted(queues)))
     await stopping.wait()
@@ -139,6 +148,7 @@ async def serve(queues: Mapping[str, AbstractQueue], *, services: Services) -> N
     for alias, tag in tags.items():
         await queues[alias].cancel(tag)
     await drain(in_flight, services=services)
+    log.debug("control queue %s released", control_queue.name)
 
 
 async def drain(in_flight: set[asyncio.Task[None]], *, services: Services) -> None:

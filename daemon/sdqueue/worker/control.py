@@ -1,0 +1,140 @@
+"""Cancel commands from `sdqueue.control`, and the registry that applies them to this worker's jobs.
+
+Every worker hears every command (fanout). A running job stops at its next step; a job not started yet is
+remembered for a while and cancelled when it arrives, but only for its own caller or an admin.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pydantic import ValidationError
+
+from sdqueue.config import AuthSettings
+from sdqueue.contracts import SCOPE_ADMIN, SCOPE_CANCEL, CancelCommand
+from sdqueue.contracts.topology import AUTHORIZATION_HEADER, CONTROL_EXCHANGE
+from sdqueue.worker.errors import SdqueueError
+from sdqueue.worker.verify import VerificationKeys, verify_token
+
+log = logging.getLogger(__name__)
+
+PENDING_CANCEL_TTL_S = 3600.0
+MAX_PENDING_CANCELS = 10_000
+MAX_COMMAND_BYTES = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class CancelRequest:
+    """A verified cancel: which job, asked by whom."""
+
+    job_id: str
+    subject: str
+    is_admin: bool
+
+    def may_cancel(self, owner: str) -> bool:
+        """Only the job's own caller, or an admin, may cancel it."""
+        return self.is_admin or self.subject == owner
+
+
+@dataclass
+class _Running:
+    owner: str
+    stop: threading.Event
+
+
+class JobRegistry:
+    """This worker's running jobs and the cancels that arrived before their job did. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, _Running] = {}
+        self._pending: OrderedDict[str, tuple[CancelRequest, float]] = OrderedDict()
+
+    def start(self, job_id: str, *, owner: str) -> threading.Event | None:
+        """Register a job about to run and return its stop flag; None if a pending cancel already applies."""
+        with self._lock:
+            pending = self._pending.pop(job_id, None)
+            if pending is not None and pending[0].may_cancel(owner) and time.monotonic() < pending[1]:
+                return None
+            stop = threading.Event()
+            self._running[job_id] = _Running(owner=owner, stop=stop)
+            return stop
+
+    def finish(self, job_id: str) -> None:
+        """Forget a job that ended."""
+        with self._lock:
+            self._running.pop(job_id, None)
+
+    def cancel(self, request: CancelRequest) -> bool:
+        """Stop the job if it runs here (and the caller may); otherwise remember the cancel. True if stopped."""
+        with self._lock:
+            running = self._running.get(request.job_id)
+            if running is not None:
+                if not request.may_cancel(running.owner):
+                    log.warning("job %s: cancel by %s refused: not the owner", request.job_id, request.subject)
+                    return False
+                running.stop.set()
+                return True
+            self._remember(request)
+            return False
+
+    def _remember(self, request: CancelRequest) -> None:
+        self._pending[request.job_id] = (request, time.monotonic() + PENDING_CANCEL_TTL_S)
+        self._pending.move_to_end(request.job_id)
+        while len(self._pending) > MAX_PENDING_CANCELS:
+            self._pending.popitem(last=False)
+
+
+def parse_cancel(message: AbstractIncomingMessage, *, auth: AuthSettings, keys: VerificationKeys) -> CancelRequest:
+    """Verify and decode one control message.
+
+    Raises:
+        SdqueueError: the body or its token does not hold (the command is dropped; there is no job to report on).
+    """
+    if len(message.body) > MAX_COMMAND_BYTES:
+        raise ValueError("control message too large")
+    command = CancelCommand.model_validate_json(message.body)
+    authorization = (message.headers or {}).get(AUTHORIZATION_HEADER)
+    claims = verify_token(
+        authorization if isinstance(authorization, str) else None,
+        body=message.body,
+        job_id=command.job_id,
+        auth=auth,
+        keys=keys,
+        required_scopes=frozenset({SCOPE_CANCEL, SCOPE_ADMIN}),
+    )
+    return CancelRequest(job_id=command.job_id, subject=claims.subject, is_admin=SCOPE_ADMIN in claims.scopes)
+
+
+async def consume_control(
+    channel: AbstractChannel, *, worker_name: str, on_message: Callable[[AbstractIncomingMessage], Awaitable[None]]
+) -> AbstractQueue:
+    """Bind this worker's own exclusive queue to the control fanout and consume it; keep the returned queue."""
+    exchange = await channel.get_exchange(CONTROL_EXCHANGE)
+    # A client-chosen name, unlike a server-named one, can be re-declared after a reconnect.
+    queue = await channel.declare_queue(
+        f"{CONTROL_EXCHANGE}.{worker_name}.{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True
+    )
+    await queue.bind(exchange)
+    await queue.consume(on_message, no_ack=True)
+    return queue
+
+
+def apply_cancel(
+    message: AbstractIncomingMessage, *, registry: JobRegistry, auth: AuthSettings, keys: VerificationKeys
+) -> None:
+    """Handle one control message: verify it, then stop or remember the cancel; a bad command is only logged."""
+    try:
+        request = parse_cancel(message, auth=auth, keys=keys)
+    except (SdqueueError, ValidationError, ValueError) as exc:
+        log.warning("dropping a control message: %s", exc)
+        return
+    stopped = registry.cancel(request)
+    log.info("job %s: cancel by %s (%s)", request.job_id, request.subject, "stopping" if stopped else "remembered")
