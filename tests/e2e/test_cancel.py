@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from sdqueue.client import SdqueueClient
-from sdqueue.contracts import CancelledEvent, ErrorCode, SucceededEvent
+from sdqueue.contracts import CancelledEvent, ErrorCode, ProgressEvent, SucceededEvent
 from tests.e2e.requests import txt2img
 from tests.plugins.stack import BrokerProbe
 
@@ -24,7 +24,9 @@ async def test_cancel_stops_a_running_job(client: SdqueueClient, probe: BrokerPr
     assert isinstance(event, CancelledEvent)
     assert event.error.code is ErrorCode.CANCELLED
     assert await client.read_record(request.job_id) == event
-    assert log.of_type("progress")[-1].step < SLOW["steps"]
+    last_progress = log.of_type("progress")[-1]
+    assert isinstance(last_progress, ProgressEvent)
+    assert last_progress.step < SLOW["steps"]
     assert await probe.dead_letter(request.job_id, timeout_s=1) is None
 
 
