@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from sdqueue.contracts.control import CancelCommand
 from sdqueue.contracts.errors import ErrorInfo
 from sdqueue.contracts.events import (
     JOB_EVENT_ADAPTER,
@@ -115,6 +116,9 @@ def _dump_yaml(document: Json) -> str:
 
 def _json_schemas() -> dict[str, Json]:
     return {
+        "cancel-command.json": _standalone(
+            CancelCommand.model_json_schema(), stem="cancel-command", title="CancelCommand"
+        ),
         "error.json": _standalone(ErrorInfo.model_json_schema(), stem="error", title="ErrorInfo"),
         "event.json": _standalone(
             JOB_EVENT_ADAPTER.json_schema(),
@@ -279,9 +283,11 @@ def _control_channel() -> Json:
         "title": "Control",
         "description": (
             f"Cancel commands on the `{CONTROL_EXCHANGE}` fanout exchange (the routing key is ignored). Each worker\n"
-            f"binds its own exclusive, server-named queue. Cancelling needs scope `{SCOPE_CANCEL}` and the job's\n"
-            f"`sub`, or scope `{SCOPE_ADMIN}`.\n"
+            f"binds its own exclusive queue. Cancelling needs scope `{SCOPE_CANCEL}` and the job's `sub`, or\n"
+            f"scope `{SCOPE_ADMIN}`. A running job stops at its next step; a job not started yet is cancelled\n"
+            "when a worker takes it (workers remember a cancel for an hour). Either way it ends `cancelled`.\n"
         ),
+        "messages": {"CancelCommand": _ref("components", "messages", "CancelCommand")},
         "bindings": _exchange_binding(CONTROL_EXCHANGE, "fanout"),
     }
 
@@ -309,6 +315,19 @@ def _operations() -> Json:
         "publishEvent": _publish_event(),
         "observeEvents": _observe_events(),
         "inspectDeadLetters": _inspect_dead_letters(),
+        "sendCancel": _send_cancel(),
+    }
+
+
+def _send_cancel() -> Json:
+    return {
+        "action": "send",
+        "channel": _ref("channels", "control"),
+        "title": "Cancel a job",
+        "summary": "The job's owner (or an admin) asks every worker to cancel it.",
+        "security": [_ref("components", "securitySchemes", "requestToken")],
+        "messages": _message_refs("control", ("CancelCommand",)),
+        "bindings": {"amqp": {"mandatory": True, "bindingVersion": AMQP_BINDING_VERSION}},
     }
 
 
@@ -388,7 +407,7 @@ def _components() -> Json:
 
 
 def _component_schemas() -> Json:
-    models: list[type[BaseModel]] = [GenerationRequest, *EVENT_MODELS, ImageInfo, Timings, ErrorInfo]
+    models: list[type[BaseModel]] = [GenerationRequest, CancelCommand, *EVENT_MODELS, ImageInfo, Timings, ErrorInfo]
     _, top = models_json_schema(
         [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
     )
@@ -397,7 +416,7 @@ def _component_schemas() -> Json:
 
 
 def _messages() -> Json:
-    messages = {"GenerationRequest": _request_message()}
+    messages = {"GenerationRequest": _request_message(), "CancelCommand": _cancel_message()}
     messages.update({model.__name__: _event_message(model) for model in EVENT_MODELS})
     return messages
 
@@ -416,6 +435,18 @@ def _request_message() -> Json:
         "payload": _ref("components", "schemas", "GenerationRequest"),
         "correlationId": _ref("components", "correlationIds", "jobId"),
         "examples": [_request_example()],
+    }
+
+
+def _cancel_message() -> Json:
+    return {
+        "name": "CancelCommand",
+        "title": "Cancel command",
+        "summary": CancelCommand.__doc__,
+        "contentType": CONTENT_TYPE,
+        "headers": _request_headers(),
+        "payload": _ref("components", "schemas", "CancelCommand"),
+        "correlationId": _ref("components", "correlationIds", "jobId"),
     }
 
 
