@@ -6,7 +6,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.sdqueue-installed
 
-.PHONY: install demo test lint format contract clean
+.PHONY: install demo test lint format contract bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(VENV)/bin/sdqueue broker ensure
+	$(PY) -m bench
 
 contract: install
 	$(VENV)/bin/sdqueue contract write

@@ -1,0 +1,36 @@
+"""A throwaway loopback stack for benchmarks: its own vhost, SeaweedFS and worker processes."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from sdqueue.config import BrokerSettings, RuntimeSettings, Settings
+from sdqueue.devstack import create_vhost, delete_vhost, ensure_rabbitmq
+from sdqueue.devstack.stack import start_storage, with_fresh_secrets
+from sdqueue.worker.generate import ensure_tiny_model
+
+
+@contextlib.contextmanager
+def bench_stack(*, threads: int = 2, prefetch: int = 2) -> Iterator[Settings]:
+    """Settings for a fresh vhost and SeaweedFS with the tiny model built; everything is removed afterwards."""
+    ensure_rabbitmq(BrokerSettings().url.get_secret_value())
+    vhost = f"sdqueue-bench-{secrets.token_hex(4)}"
+    with tempfile.TemporaryDirectory(prefix="sdqueue-bench-") as scratch:
+        state = Path(scratch)
+        model_dir = ensure_tiny_model(state / "models" / "tiny")
+        base = Settings(
+            state_dir=state,
+            model=str(model_dir),
+            broker=BrokerSettings(url=create_vhost(vhost), prefetch=prefetch),
+            runtime=RuntimeSettings(device="cpu", threads=threads),
+        )
+        server, settings = start_storage(with_fresh_secrets(base), data_dir=state / "weed")
+        try:
+            with server:
+                yield settings
+        finally:
+            delete_vhost(vhost)

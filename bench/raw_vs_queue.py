@@ -1,0 +1,99 @@
+"""Item 1: the bare diffusers loop against sdqueue end to end (publish → event → image in the bucket), batch 1.
+
+Both run the tiny model at 256x256, 20 steps, 2 torch threads, one after the other, alternating rounds so that
+machine noise hits both; the ratio of medians is the queue's overhead. Target: queue/raw >= 0.95.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench._stack import bench_stack
+from sdqueue.client import SdqueueClient, new_job_id
+from sdqueue.config import Settings
+from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
+from sdqueue.devstack.stack import start_worker, stop_process
+from sdqueue.worker.generate import GenerationSpec, load_generator
+
+SIZE_PX, STEPS, JOBS, ROUNDS = 256, 20, 12, 3
+TARGET_RATIO = 0.95
+
+
+def raw_images_per_s(settings: Settings) -> float:
+    """Images/s of the bare pipeline call, in this process, on the same model and settings as the worker."""
+    generator = load_generator(settings.model_sources()["default"], runtime=settings.runtime)
+    generator.generate(_spec(seed=10_000))  # warm-up, as the worker's first job is not measured either
+    started = time.perf_counter()
+    for seed in range(JOBS):
+        generator.generate(_spec(seed=seed))
+    return JOBS / (time.perf_counter() - started)
+
+
+async def queue_images_per_s(settings: Settings) -> float:
+    """Images/s from the first publish to the last succeeded event (each image already in the bucket)."""
+    async with SdqueueClient(settings, subject="bench") as client:
+        await client.generate(_request(seed=10_000), timeout_s=120)  # warm-up
+        requests = [_request(seed=seed) for seed in range(JOBS)]
+        started = time.perf_counter()
+        for request in requests:
+            await client.submit(request)
+        for request in requests:
+            await client.wait(request.job_id, timeout_s=300)
+        return JOBS / (time.perf_counter() - started)
+
+
+def _spec(*, seed: int) -> GenerationSpec:
+    return GenerationSpec(
+        mode="txt2img",
+        prompt="a lighthouse at dusk",
+        negative_prompt="",
+        width=SIZE_PX,
+        height=SIZE_PX,
+        steps=STEPS,
+        guidance_scale=7.5,
+        seeds=(seed,),
+        scheduler=None,
+        strength=0.75,
+        init_image=None,
+    )
+
+
+def _request(*, seed: int) -> GenerationRequest:
+    return GenerationRequest(
+        schema_version=SCHEMA_VERSION,
+        job_id=new_job_id(),
+        mode="txt2img",
+        prompt="a lighthouse at dusk",
+        width=SIZE_PX,
+        height=SIZE_PX,
+        steps=STEPS,
+        seed=seed,
+    )
+
+
+def main() -> dict[str, float]:
+    """Run the rounds and print each figure and the ratio of medians."""
+    with bench_stack(threads=2, prefetch=2) as settings, (Path(settings.state_dir) / "worker.log").open("wb") as log:
+        worker = start_worker(settings, log=log)
+        try:
+            raw, queued = [], []
+            for round_index in range(ROUNDS):
+                raw.append(raw_images_per_s(settings))
+                queued.append(asyncio.run(queue_images_per_s(settings)))
+                print(f"  round {round_index + 1}: raw {raw[-1]:.2f} img/s, queue {queued[-1]:.2f} img/s")
+        finally:
+            stop_process(worker)
+    ratio = statistics.median(queued) / statistics.median(raw)
+    verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
+    print(f"raw vs queue, batch 1, {SIZE_PX}x{SIZE_PX}, {STEPS} steps, {JOBS} jobs x {ROUNDS} rounds:")
+    print(f"  raw median {statistics.median(raw):.2f} img/s, queue median {statistics.median(queued):.2f} img/s")
+    print(f"  queue/raw = {ratio:.3f} (target >= {TARGET_RATIO}) {verdict}")
+    return {"raw": statistics.median(raw), "queue": statistics.median(queued), "ratio": ratio}
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["ratio"] >= TARGET_RATIO else 1)
