@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import sys
 
-from bench import footprint, publish, raw_vs_queue
+from bench import batching, footprint, publish, raw_vs_queue
 
 
 def main() -> int:
-    """Run items 1, 3 and 4 and report which targets hold."""
+    """Run items 1, 1b, 3 and 4 and report which targets hold."""
     print("== item 1: raw diffusers loop vs sdqueue end to end ==")
     queue_ok = raw_vs_queue.main()["ratio"] >= raw_vs_queue.TARGET_RATIO
+    print("\n== item 1b: micro-batching vs raw batch 1 ==")
+    batching_ok = batching.main() >= batching.TARGET_RATIO
     print("\n== item 3: client publish throughput ==")
     publish_ok = publish.main() >= publish.TARGET_PER_S
     print("\n== item 4: cold start and memory ==")
     footprint.main()
-    return 0 if queue_ok and publish_ok else 1
+    return 0 if queue_ok and batching_ok and publish_ok else 1
 
 
 if __name__ == "__main__":

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.plugins.services",
     "tests.plugins.tiny_model",
     "tests.plugins.stack",
+    "tests.plugins.isolated",
 ]

@@ -11,7 +11,7 @@ from PIL import Image
 from sdqueue.client import SdqueueClient
 from sdqueue.contracts import ErrorCode, FailedEvent, SucceededEvent
 from tests.e2e.requests import txt2img
-from tests.faults.conftest import FaultStack, updated
+from tests.plugins.isolated import IsolatedStack, updated
 from tests.plugins.stack import BrokerProbe, EventLog
 
 SLOW = {"width": 256, "height": 256, "steps": 40}  # about a second of generation on 2 cores
@@ -29,7 +29,7 @@ def _started_by(logs: dict[str, EventLog], worker: str) -> list[str]:
 
 
 async def _assert_one_result_each(
-    client: SdqueueClient, stack: FaultStack, logs: dict[str, EventLog], job_ids: list[str]
+    client: SdqueueClient, stack: IsolatedStack, logs: dict[str, EventLog], job_ids: list[str]
 ) -> list[SucceededEvent]:
     results = []
     for job_id in job_ids:
@@ -45,139 +45,139 @@ async def _assert_one_result_each(
 
 
 async def test_kill_9_mid_generation_with_a_second_worker(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
-    victim = fault_stack.start_worker("victim")
-    await fault_client.wait_for_workers("default", timeout_s=120)
-    fault_stack.start_worker("survivor")
-    logs = await fault_probe.watch_all()
+    victim = isolated.start_worker("victim")
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    isolated.start_worker("survivor")
+    logs = await isolated_probe.watch_all()
     jobs = [txt2img(**SLOW, seed=i) for i in range(6)]
     for request in jobs:
-        await fault_client.submit(request)
+        await isolated_client.submit(request)
 
     await _wait_for(lambda: _started_by(logs, "victim"), timeout_s=60, what="the victim to start a job")
     killed_job = _started_by(logs, "victim")[0]
-    fault_stack.kill(victim)
+    isolated.kill(victim)
 
-    results = await _assert_one_result_each(fault_client, fault_stack, logs, [r.job_id for r in jobs])
+    results = await _assert_one_result_each(isolated_client, isolated, logs, [r.job_id for r in jobs])
     redone = next(event for event in results if event.job_id == killed_job)
     assert redone.worker == "survivor"
     assert redone.attempt == 2
 
 
 async def test_kill_between_upload_and_record_redelivers_without_new_objects(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
     # Test-only fault hook: the worker exits with os._exit (as kill -9 would) right after uploading.
-    crashing = fault_stack.start_worker("crashing", updated(fault_stack.settings, faults={"exit_after_upload": True}))
-    await fault_client.wait_for_workers("default", timeout_s=120)
-    logs = await fault_probe.watch_all()
+    crashing = isolated.start_worker("crashing", updated(isolated.settings, faults={"exit_after_upload": True}))
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    logs = await isolated_probe.watch_all()
     request = txt2img(num_images=2, seed=3)
-    await fault_client.submit(request)
+    await isolated_client.submit(request)
 
     assert crashing.process.wait(timeout=120) == 137
-    uploaded = fault_stack.output_keys(request.job_id)
+    uploaded = isolated.output_keys(request.job_id)
     assert len(uploaded) == 2
-    assert await fault_client.read_record(request.job_id) is None
-    fault_stack.start_worker("healthy")
+    assert await isolated_client.read_record(request.job_id) is None
+    isolated.start_worker("healthy")
 
-    [event] = await _assert_one_result_each(fault_client, fault_stack, logs, [request.job_id])
-    assert fault_stack.output_keys(request.job_id) == uploaded
+    [event] = await _assert_one_result_each(isolated_client, isolated, logs, [request.job_id])
+    assert isolated.output_keys(request.job_id) == uploaded
     assert event.attempt == 2
     for image in event.images:
-        data = await fault_client.fetch_image(image)  # checked against the event's sha256
+        data = await isolated_client.fetch_image(image)  # checked against the event's sha256
         assert Image.open(io.BytesIO(data)).size == (64, 64)
 
 
 async def test_poison_request_is_dead_lettered_once_while_others_flow(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
     # Test-only model hook: generation raises an unexpected error for prompts with this marker.
-    fault_stack.start_worker("worker", updated(fault_stack.settings, faults={"fail_prompt_marker": "POISON"}))
-    await fault_client.wait_for_workers("default", timeout_s=120)
-    logs = await fault_probe.watch_all()
+    isolated.start_worker("worker", updated(isolated.settings, faults={"fail_prompt_marker": "POISON"}))
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    logs = await isolated_probe.watch_all()
     poison = txt2img(prompt="POISON pill")
     good = [txt2img(seed=i) for i in range(5)]
     for request in [poison, *good]:
-        await fault_client.submit(request)
+        await isolated_client.submit(request)
 
-    failed = await fault_client.wait(poison.job_id, timeout_s=120)
-    await _assert_one_result_each(fault_client, fault_stack, logs, [r.job_id for r in good])
+    failed = await isolated_client.wait(poison.job_id, timeout_s=120)
+    await _assert_one_result_each(isolated_client, isolated, logs, [r.job_id for r in good])
 
     assert isinstance(failed, FailedEvent)
     assert failed.error.code is ErrorCode.DELIVERY_LIMIT_EXCEEDED
-    assert failed.attempt == fault_stack.settings.broker.delivery_limit + 1
+    assert failed.attempt == isolated.settings.broker.delivery_limit + 1
     assert len(logs[poison.job_id].of_type("failed")) == 1
-    assert set(await fault_probe.dead_letters()) == {poison.job_id}
+    assert set(await isolated_probe.dead_letters()) == {poison.job_id}
 
 
 async def test_sigterm_lets_the_job_in_hand_finish_and_exits_0(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
-    worker = fault_stack.start_worker("draining")
-    await fault_client.wait_for_workers("default", timeout_s=120)
-    logs = await fault_probe.watch_all()
+    worker = isolated.start_worker("draining")
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    logs = await isolated_probe.watch_all()
     request = txt2img(**SLOW)
-    await fault_client.submit(request)
+    await isolated_client.submit(request)
     await _wait_for(lambda: _started_by(logs, "draining"), timeout_s=60, what="the job to start")
 
     worker.process.terminate()
 
     started = time.monotonic()
-    assert worker.process.wait(timeout=fault_stack.settings.shutdown_grace_s + 10) == 0, fault_stack.logs()
-    assert time.monotonic() - started < fault_stack.settings.shutdown_grace_s
-    event = await fault_client.wait(request.job_id, timeout_s=30)
+    assert worker.process.wait(timeout=isolated.settings.shutdown_grace_s + 10) == 0, isolated.logs()
+    assert time.monotonic() - started < isolated.settings.shutdown_grace_s
+    event = await isolated_client.wait(request.job_id, timeout_s=30)
     assert isinstance(event, SucceededEvent)
     assert event.worker == "draining"
 
 
 async def test_sigterm_past_the_grace_requeues_for_another_worker(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
-    impatient = fault_stack.settings.model_copy(update={"shutdown_grace_s": 0.2})
-    worker = fault_stack.start_worker("impatient", impatient)
-    await fault_client.wait_for_workers("default", timeout_s=120)
-    logs = await fault_probe.watch_all()
+    impatient = isolated.settings.model_copy(update={"shutdown_grace_s": 0.2})
+    worker = isolated.start_worker("impatient", impatient)
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    logs = await isolated_probe.watch_all()
     request = txt2img(width=512, height=512, steps=60)
-    await fault_client.submit(request)
+    await isolated_client.submit(request)
     await _wait_for(lambda: _started_by(logs, "impatient"), timeout_s=60, what="the job to start")
 
     worker.process.terminate()
 
-    assert worker.process.wait(timeout=30) == 0, fault_stack.logs()
-    assert await fault_client.read_record(request.job_id) is None
-    fault_stack.start_worker("successor")
-    [event] = await _assert_one_result_each(fault_client, fault_stack, logs, [request.job_id])
+    assert worker.process.wait(timeout=30) == 0, isolated.logs()
+    assert await isolated_client.read_record(request.job_id) is None
+    isolated.start_worker("successor")
+    [event] = await _assert_one_result_each(isolated_client, isolated, logs, [request.job_id])
     assert (event.worker, event.attempt) == ("successor", 2)
 
 
 async def test_generation_over_its_time_budget_fails_as_limits_exceeded(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
-    fault_stack.start_worker("strict", updated(fault_stack.settings, limits={"max_generate_s": 0.3}))
-    await fault_client.wait_for_workers("default", timeout_s=120)
+    isolated.start_worker("strict", updated(isolated.settings, limits={"max_generate_s": 0.3}))
+    await isolated_client.wait_for_workers("default", timeout_s=120)
     slow, quick = txt2img(width=512, height=512, steps=60), txt2img()
 
-    await fault_client.submit(slow)
-    failed = await fault_client.wait(slow.job_id, timeout_s=60)
-    succeeded = await fault_client.generate(quick, timeout_s=60)
+    await isolated_client.submit(slow)
+    failed = await isolated_client.wait(slow.job_id, timeout_s=60)
+    succeeded = await isolated_client.generate(quick, timeout_s=60)
 
     assert isinstance(failed, FailedEvent)
     assert failed.error.code is ErrorCode.LIMITS_EXCEEDED
     assert failed.timings.generate is not None
     assert failed.timings.generate < 5.0
     assert succeeded.images
-    assert set(await fault_probe.dead_letters()) == {slow.job_id}
+    assert set(await isolated_probe.dead_letters()) == {slow.job_id}
 
 
 async def test_second_signal_exits_at_once_and_the_broker_redelivers(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
-    worker = fault_stack.start_worker("hasty")
-    await fault_client.wait_for_workers("default", timeout_s=120)
-    logs = await fault_probe.watch_all()
+    worker = isolated.start_worker("hasty")
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    logs = await isolated_probe.watch_all()
     request = txt2img(width=512, height=512, steps=60)
-    await fault_client.submit(request)
+    await isolated_client.submit(request)
     await _wait_for(lambda: _started_by(logs, "hasty"), timeout_s=60, what="the job to start")
 
     worker.process.terminate()
@@ -185,6 +185,6 @@ async def test_second_signal_exits_at_once_and_the_broker_redelivers(
     worker.process.terminate()
 
     assert worker.process.wait(timeout=5) == 128 + 15
-    fault_stack.start_worker("successor")
-    [event] = await _assert_one_result_each(fault_client, fault_stack, logs, [request.job_id])
+    isolated.start_worker("successor")
+    [event] = await _assert_one_result_each(isolated_client, isolated, logs, [request.job_id])
     assert (event.worker, event.attempt) == ("successor", 2)

@@ -13,7 +13,7 @@ from sdqueue.client import SdqueueClient
 from sdqueue.contracts import SucceededEvent
 from sdqueue.devstack import start_seaweed
 from tests.e2e.requests import txt2img
-from tests.faults.conftest import FaultStack, free_port, queue_depth, rabbitmqctl, updated
+from tests.plugins.isolated import IsolatedStack, free_port, queue_depth, rabbitmqctl, updated
 from tests.plugins.stack import BrokerProbe, EventLog
 
 OUTAGE_S = 10.0
@@ -43,7 +43,7 @@ async def _until_succeeded(logs: dict[str, EventLog], *, count: int, timeout_s: 
 
 
 async def _all_succeed_once(
-    client: SdqueueClient, stack: FaultStack, logs: dict[str, EventLog], job_ids: list[str]
+    client: SdqueueClient, stack: IsolatedStack, logs: dict[str, EventLog], job_ids: list[str]
 ) -> list[SucceededEvent]:
     events = []
     for job_id in job_ids:
@@ -58,15 +58,15 @@ async def _all_succeed_once(
 
 
 async def test_broker_restart_with_jobs_queued_and_in_flight(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
     health_port = free_port()
-    worker = fault_stack.start_worker("steady", fault_stack.settings.model_copy(update={"health_port": health_port}))
-    await fault_client.wait_for_workers("default", timeout_s=120)
-    logs = await fault_probe.watch_all()
+    worker = isolated.start_worker("steady", isolated.settings.model_copy(update={"health_port": health_port}))
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    logs = await isolated_probe.watch_all()
     jobs = [txt2img(steps=6, seed=i) for i in range(50)]
     for request in jobs:
-        await fault_client.submit(request)
+        await isolated_client.submit(request)
     await _until_succeeded(logs, count=5)
 
     rabbitmqctl("stop_app")
@@ -78,29 +78,29 @@ async def test_broker_restart_with_jobs_queued_and_in_flight(
         rabbitmqctl("await_startup")
     await _until_ready_is(health_port, ready=True, timeout_s=60)
 
-    events = await _all_succeed_once(fault_client, fault_stack, logs, [r.job_id for r in jobs])
+    events = await _all_succeed_once(isolated_client, isolated, logs, [r.job_id for r in jobs])
     assert worker.process.poll() is None, "the worker exited during the broker restart"
-    assert all(fault_stack.output_keys(e.job_id) == [i.key for i in e.images] for e in events)
-    assert await queue_depth(fault_stack.settings) == 0
-    assert await fault_probe.dead_letters() == {}
+    assert all(isolated.output_keys(e.job_id) == [i.key for i in e.images] for e in events)
+    assert await queue_depth(isolated.settings) == 0
+    assert await isolated_probe.dead_letters() == {}
 
 
 async def test_storage_outage_during_uploads(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe, tmp_path: Path
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe, tmp_path: Path
 ):
-    s3 = fault_stack.settings.s3.model_copy(update={"bucket": f"outage-{secrets.token_hex(3)}"})
+    s3 = isolated.settings.s3.model_copy(update={"bucket": f"outage-{secrets.token_hex(3)}"})
     secret = s3.secret_access_key.get_secret_value() if s3.secret_access_key else ""
     data_dir, key_id = tmp_path / "weed", s3.access_key_id or ""
     server = start_seaweed(data_dir, access_key_id=key_id, secret_access_key=secret, bucket=s3.bucket)
     port = server.ports["s3"]
     health_port = free_port()
     settings = updated(
-        fault_stack.settings, s3={"endpoint_url": server.endpoint_url, "bucket": s3.bucket, "timeout_s": 2.0}
+        isolated.settings, s3={"endpoint_url": server.endpoint_url, "bucket": s3.bucket, "timeout_s": 2.0}
     )
-    fault_stack.start_worker("patient", settings.model_copy(update={"health_port": health_port}))
+    isolated.start_worker("patient", settings.model_copy(update={"health_port": health_port}))
     async with SdqueueClient(settings, subject="tester") as client:
         await client.wait_for_workers("default", timeout_s=120)
-        logs = await fault_probe.watch_all()
+        logs = await isolated_probe.watch_all()
         jobs = [txt2img(steps=8, seed=i, num_images=2) for i in range(20)]
         for request in jobs:
             await client.submit(request)
@@ -116,9 +116,9 @@ async def test_storage_outage_during_uploads(
             )
         with server:
             await _until_ready_is(health_port, ready=True)
-            events = await _all_succeed_once(client, fault_stack, logs, [r.job_id for r in jobs])
+            events = await _all_succeed_once(client, isolated, logs, [r.job_id for r in jobs])
             for event in events:
                 for image in event.images:
                     assert len(await client.fetch_image(image)) == image.size  # sha256 checked too
 
-    assert await fault_probe.dead_letters() == {}
+    assert await isolated_probe.dead_letters() == {}

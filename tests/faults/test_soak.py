@@ -9,7 +9,7 @@ from collections import Counter
 from sdqueue.client import SdqueueClient
 from sdqueue.contracts import SucceededEvent
 from tests.e2e.requests import txt2img
-from tests.faults.conftest import FaultStack, queue_depth, rss_kib, updated
+from tests.plugins.isolated import IsolatedStack, queue_depth, rss_kib, updated
 from tests.plugins.stack import BrokerProbe, EventLog
 
 JOBS = 1000
@@ -29,20 +29,20 @@ async def _until(condition: object, *, timeout_s: float) -> None:
 
 
 async def test_soak_1000_jobs_two_workers(
-    fault_stack: FaultStack, fault_client: SdqueueClient, fault_probe: BrokerProbe
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
     # One torch thread each: two workers on two cores, without OpenMP threads fighting over them.
-    settings = updated(fault_stack.settings, runtime={"threads": 1})
-    workers = [fault_stack.start_worker("soak-a", settings), fault_stack.start_worker("soak-b", settings)]
-    await fault_client.wait_for_workers("default", timeout_s=120)
-    logs = await fault_probe.watch_all()
+    settings = updated(isolated.settings, runtime={"threads": 1})
+    workers = [isolated.start_worker("soak-a", settings), isolated.start_worker("soak-b", settings)]
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    logs = await isolated_probe.watch_all()
     jobs = [txt2img(seed=i) for i in range(JOBS)]
     started = time.monotonic()
-    await asyncio.gather(*(fault_client.submit(request) for request in jobs))
+    await asyncio.gather(*(isolated_client.submit(request) for request in jobs))
 
     await _until(lambda: _succeeded(logs) >= WARM_UP_JOBS, timeout_s=300)
     rss_warm = [rss_kib(w.process.pid) for w in workers]
-    events = [await fault_client.wait(request.job_id, timeout_s=600) for request in jobs]
+    events = [await isolated_client.wait(request.job_id, timeout_s=600) for request in jobs]
     assert all(isinstance(event, SucceededEvent) for event in events)
     elapsed_s = time.monotonic() - started
     await _until(lambda: _succeeded(logs) >= JOBS, timeout_s=30)
@@ -55,14 +55,14 @@ async def test_soak_1000_jobs_two_workers(
             f"({end / warm:.3f}x)"
         )
     assert Counter(len(log.of_type("succeeded")) for log in logs.values()) == Counter({1: JOBS})
-    listing = fault_stack.s3_client.get_paginator("list_objects_v2").paginate(
-        Bucket=fault_stack.settings.s3.bucket, Prefix="outputs/"
+    listing = isolated.s3_client.get_paginator("list_objects_v2").paginate(
+        Bucket=isolated.settings.s3.bucket, Prefix="outputs/"
     )
     keys = [item["Key"] for page in listing for item in page.get("Contents", [])]
     assert sorted(keys) == sorted(
         image.key for event in events if isinstance(event, SucceededEvent) for image in event.images
     )
-    assert await queue_depth(fault_stack.settings) == 0
-    assert await fault_probe.dead_letters(settle_s=0) == {}
+    assert await queue_depth(isolated.settings) == 0
+    assert await isolated_probe.dead_letters(settle_s=0) == {}
     for warm, end in zip(rss_warm, rss_end, strict=True):
         assert end <= warm * MAX_RSS_GROWTH

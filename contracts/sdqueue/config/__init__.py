@@ -3,6 +3,8 @@
 from sdqueue.config.s3 import make_s3_client
 from sdqueue.config.settings import (
     AuthSettings,
+    BatchSettings,
+    BridgeSettings,
     BrokerSettings,
     FaultSettings,
     LimitSettings,
@@ -15,6 +17,8 @@ from sdqueue.config.settings import (
 
 __all__ = [
     "AuthSettings",
+    "BatchSettings",
+    "BridgeSettings",
     "BrokerSettings",
     "FaultSettings",
     "LimitSettings",

@@ -110,6 +110,20 @@ class RuntimeSettings(_Group):
     attention_slicing: bool = Field(default=False, description="Trade speed for memory on small GPUs.")
 
 
+class BatchSettings(_Group):
+    """Micro-batching: compatible jobs already prefetched share one pipeline call (raise `broker.prefetch` too)."""
+
+    max_images: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=8, description="Most images in one pipeline call; 1 turns batching off."
+    )
+    max_wait_s: Annotated[float, Field(ge=0, le=5)] = Field(
+        default=0.01, description="How long a batch waits for more compatible jobs before it runs."
+    )
+    max_pixel_steps: PositiveInt = Field(
+        default=8 * 512 * 512 * 50, description="Budget of width x height x steps summed over a batch's images."
+    )
+
+
 class FaultSettings(_Group):
     """Test-only fault injection for the fault suite. Never set these in production."""
 
@@ -119,6 +133,47 @@ class FaultSettings(_Group):
     fail_prompt_marker: str | None = Field(
         default=None, description="Test only: generation raises an unexpected error for prompts containing this."
     )
+
+
+class BridgeSettings(_Group):
+    """The HTTP bridge: where it listens, how it signs its callers' access tokens, and its edge limits."""
+
+    host: str = Field(default="127.0.0.1", description="Address the bridge binds to.")
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(default=8000, description="Port the bridge listens on.")
+    token_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC secret (at least 32 bytes) that signs bridge access tokens; not `auth.hs256_secret`.",
+    )
+    access_token_ttl_s: PositiveInt = Field(default=3600, description="Lifetime of a bridge access token.")
+    users_file: Path | None = Field(
+        default=None, description="JSON user store with password hashes; unset: `<state_dir>/users.json`."
+    )
+    allow_signup: bool = Field(default=False, description="Let anyone create a user with `POST /registrar_usuario`.")
+    min_password_length: PositiveInt = Field(default=8, description="Shortest password sign-up accepts.")
+    max_upload_bytes: PositiveInt = Field(default=8 * 1024 * 1024, description="Largest init image upload.")
+    max_wait_s: PositiveFloat = Field(default=300.0, description="Longest a `wait` or compatibility call blocks.")
+    job_wait_ttl_s: PositiveInt = Field(
+        default=3600, description="`exp` of the per-message tokens the bridge mints: how long a job may stay queued."
+    )
+    recent_jobs: Annotated[int, Field(ge=1, le=1000)] = Field(default=20, description="Jobs `GET /v1/jobs` lists.")
+    progress_cache_size: PositiveInt = Field(default=10_000, description="Jobs whose latest progress is cached.")
+    compat_width: Annotated[int, Field(ge=64, multiple_of=8)] = Field(
+        default=512, description="Width of images from the compatibility routes."
+    )
+    compat_height: Annotated[int, Field(ge=64, multiple_of=8)] = Field(
+        default=512, description="Height of images from the compatibility routes."
+    )
+    compat_steps: Annotated[int, Field(ge=1, le=150)] = Field(
+        default=25, description="Denoising steps of the compatibility routes."
+    )
+    readiness_timeout_s: PositiveFloat = Field(default=5.0, description="Limit of each `/readyz` probe.")
+
+    @field_validator("token_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        return value
 
 
 class Settings(BaseSettings):
@@ -147,12 +202,19 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    batching: BatchSettings = Field(default_factory=BatchSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
 
     @property
     def tiny_model_dir(self) -> Path:
         """Where the offline tiny model is built when no model is configured."""
         return self.state_dir / "models" / "tiny"
+
+    @property
+    def users_file(self) -> Path:
+        """The bridge's user store: `bridge.users_file`, or `<state_dir>/users.json`."""
+        return self.bridge.users_file or self.state_dir / "users.json"
 
     def model_sources(self) -> dict[str, str]:
         """Map each served alias to its source; with nothing configured, `default` is the tiny model."""

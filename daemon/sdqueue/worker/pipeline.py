@@ -6,13 +6,11 @@ Returns how to settle the delivery; `worker.py` owns the loop, the guard and the
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, unquote
@@ -33,6 +31,7 @@ from sdqueue.contracts import (
 )
 from sdqueue.contracts.topology import output_key, record_key
 from sdqueue.worker import store
+from sdqueue.worker.batching import Batcher
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry
@@ -73,10 +72,10 @@ class Services:
     settings: Settings
     keys: VerificationKeys
     generators: Mapping[str, ImageGenerator]
+    batchers: Mapping[str, Batcher]
     s3: S3Client
     channel: AbstractChannel
     events: AbstractExchange
-    executor: ThreadPoolExecutor
     stop_generation: threading.Event
     registry: JobRegistry
 
@@ -183,7 +182,7 @@ async def produce(
     generated = await generate(
         request,
         init_image,
-        generator=services.generators[request.model],
+        batcher=services.batchers[request.model],
         stop=stop,
         ctx=ctx,
         delivery=delivery,
@@ -273,7 +272,7 @@ async def generate(
     request: GenerationRequest,
     init_image: Image.Image | None,
     *,
-    generator: ImageGenerator,
+    batcher: Batcher,
     stop: threading.Event,
     ctx: JobContext,
     delivery: Delivery,
@@ -305,10 +304,9 @@ async def generate(
     def should_stop() -> bool:
         return stop.is_set() or services.stop_generation.is_set() or time.monotonic() > deadline
 
-    call = functools.partial(generator.generate, spec, on_step=on_step, should_stop=should_stop)
     try:
         with ctx.phase("generate"):
-            return await loop.run_in_executor(services.executor, call)
+            generated = await batcher.generate(spec, on_step=on_step, should_stop=should_stop)
     except Cancelled as exc:
         if time.monotonic() > deadline:
             budget_s = services.settings.limits.max_generate_s
@@ -317,6 +315,10 @@ async def generate(
     finally:
         steps.put_nowait(None)
         await pump
+    if stop.is_set():
+        # Cancelled while its batch ran on for the other jobs in it.
+        raise Cancelled("the job was cancelled while it was generating")
+    return generated
 
 
 async def pump_progress(

@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from sdqueue.config import S3Settings, Settings, make_s3_client
 from sdqueue.worker import store
+from sdqueue.worker.batching import Batcher
 from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_topology
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
@@ -45,7 +46,7 @@ async def run_worker(settings: Settings) -> None:
         s3 = make_s3_client(settings.s3)
         await wait_for_storage(s3, s3_settings=settings.s3)
         connection = await connect(settings.broker)
-        async with connection:
+        async with connection, running_batchers(generators, executor=executor, settings=settings) as batchers:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=settings.broker.prefetch)
             topology = await declare_topology(
@@ -55,10 +56,10 @@ async def run_worker(settings: Settings) -> None:
                 settings=settings,
                 keys=load_keys(settings.auth),
                 generators=generators,
+                batchers=batchers,
                 s3=s3,
                 channel=channel,
                 events=topology.events,
-                executor=executor,
                 stop_generation=threading.Event(),
                 registry=JobRegistry(),
             )
@@ -67,6 +68,24 @@ async def run_worker(settings: Settings) -> None:
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker %s stopped", settings.worker_name)
+
+
+@contextlib.asynccontextmanager
+async def running_batchers(
+    generators: Mapping[str, ImageGenerator], *, executor: ThreadPoolExecutor, settings: Settings
+) -> AsyncIterator[dict[str, Batcher]]:
+    """One batcher per model alias, each forming batches in its own task until the worker stops."""
+    batchers = {
+        alias: Batcher(generator, executor=executor, batching=settings.batching)
+        for alias, generator in generators.items()
+    }
+    tasks = [asyncio.create_task(batcher.run(), name=f"batcher:{alias}") for alias, batcher in batchers.items()]
+    try:
+        yield batchers
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def wait_for_storage(client: S3Client, *, s3_settings: S3Settings) -> None:

@@ -5,14 +5,16 @@ from sdqueue.worker.generate import _quiet as _quiet
 from sdqueue.worker.generate._diffusers import load_generator
 from sdqueue.worker.generate._runtime import describe_runtime
 from sdqueue.worker.generate._schedulers import SCHEDULERS
-from sdqueue.worker.generate._spec import GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate._spec import BatchKey, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
 from sdqueue.worker.generate.tiny import build_tiny_model, ensure_tiny_model
 
 __all__ = [
     "SCHEDULERS",
+    "BatchKey",
     "GeneratedImages",
     "GenerationSpec",
     "ImageGenerator",
+    "batch_key",
     "build_tiny_model",
     "describe_runtime",
     "ensure_tiny_model",

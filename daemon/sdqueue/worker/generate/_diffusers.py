@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import diffusers
@@ -19,7 +19,7 @@ from sdqueue.contracts import Mode
 from sdqueue.worker.errors import Cancelled, GenerationFailed, InvalidRequest, OutOfMemory
 from sdqueue.worker.generate._runtime import apply_threads, resolve_device, resolve_dtype
 from sdqueue.worker.generate._schedulers import compatible_names, make_scheduler
-from sdqueue.worker.generate._spec import GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate._spec import GeneratedImages, GenerationSpec, ImageGenerator, batch_key
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,34 @@ class DiffusersGenerator:
             OutOfMemory: the device ran out of memory.
             GenerationFailed: the pipeline rejected the input or produced non-finite pixels.
         """
-        pipeline = self._pipelines[spec.mode]
-        arguments = self._arguments(spec)
-        pipeline.scheduler = self._scheduler(spec.scheduler)
-        warnings = _truncation_warnings(pipeline, spec)
+        return self.generate_batch([spec], on_step=on_step, should_stop=should_stop)[0]
+
+    def generate_batch(
+        self,
+        specs: Sequence[GenerationSpec],
+        *,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+    ) -> list[GeneratedImages]:
+        """Run specs that share a `batch_key` as one pipeline call; the images come back split per spec.
+
+        Raises:
+            The errors of `generate`, for the batch as a whole.
+        """
+        first = specs[0]
+        if any(batch_key(spec) != batch_key(first) for spec in specs):
+            raise ValueError("a batch mixes specs with different batch keys")
+        pipeline = self._pipelines[first.mode]
+        arguments = self._arguments(specs)
+        pipeline.scheduler = self._scheduler(first.scheduler)
+        warnings = [_truncation_warnings(pipeline, spec) for spec in specs]
         hook = _StepHook(on_step=on_step, should_stop=should_stop or _never)
         if hook.should_stop():
             raise Cancelled("generation was stopped before it started")
         pixels = _run(pipeline, arguments, hook)
         if hook.is_stopped:
             raise Cancelled("generation was stopped before it finished")
-        return GeneratedImages(images=_to_images(pixels), warnings=warnings)
+        return _split(_to_images(pixels), specs, warnings)
 
     def _scheduler(self, name: str | None) -> Any:
         if name is not None and name not in self._scheduler_names:
@@ -94,22 +111,25 @@ class DiffusersGenerator:
         # Schedulers keep per-run state (timesteps, step index, solver history), so each call gets its own.
         return make_scheduler(name, own=self._own_scheduler)
 
-    def _arguments(self, spec: GenerationSpec) -> dict[str, Any]:
-        if not spec.seeds:
+    def _arguments(self, specs: Sequence[GenerationSpec]) -> dict[str, Any]:
+        if any(not spec.seeds for spec in specs):
             raise InvalidRequest("at least one seed (one image) is needed")
+        first = specs[0]
+        negatives = [spec.negative_prompt for spec in specs for _ in spec.seeds]
         arguments: dict[str, Any] = {
-            "prompt": spec.prompt,
-            "negative_prompt": spec.negative_prompt or None,
-            "num_inference_steps": spec.steps,
-            "guidance_scale": spec.guidance_scale,
-            "num_images_per_prompt": len(spec.seeds),
-            # One generator per image: image i of a batch equals a lone run with seeds[i].
-            "generator": [torch.Generator(self._device).manual_seed(seed) for seed in spec.seeds],
+            # One prompt and one generator per image: image i is computed from seeds[i] alone.
+            "prompt": [spec.prompt for spec in specs for _ in spec.seeds],
+            "negative_prompt": negatives if any(negatives) else None,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance_scale,
+            "num_images_per_prompt": 1,
+            "generator": [torch.Generator(self._device).manual_seed(seed) for spec in specs for seed in spec.seeds],
             "output_type": "np",
         }
-        if spec.mode == "txt2img":
-            return arguments | {"width": spec.width, "height": spec.height}
-        return arguments | {"image": _init_image(spec), "strength": spec.strength}
+        if first.mode == "txt2img":
+            return arguments | {"width": first.width, "height": first.height}
+        images = [_init_image(spec) for spec in specs for _ in spec.seeds]
+        return arguments | {"image": images, "strength": first.strength}
 
 
 class _StepHook:
@@ -177,6 +197,16 @@ def _run(pipeline: Any, arguments: dict[str, Any], hook: _StepHook) -> npt.NDArr
 def _release_cached_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _split(
+    images: list[Image.Image], specs: Sequence[GenerationSpec], warnings: list[list[str]]
+) -> list[GeneratedImages]:
+    results, start = [], 0
+    for spec, spec_warnings in zip(specs, warnings, strict=True):
+        results.append(GeneratedImages(images=images[start : start + len(spec.seeds)], warnings=spec_warnings))
+        start += len(spec.seeds)
+    return results
 
 
 def _to_images(pixels: npt.NDArray[np.float32]) -> list[Image.Image]:

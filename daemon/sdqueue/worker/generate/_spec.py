@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,6 +26,15 @@ class GenerationSpec:
     scheduler: str | None
     strength: float
     init_image: Image.Image | None
+
+
+BatchKey = tuple[object, ...]
+
+
+def batch_key(spec: GenerationSpec) -> BatchKey:
+    """Specs with equal keys can share one pipeline call: everything but prompts, seeds and init images matches."""
+    strength = spec.strength if spec.mode == "img2img" else None
+    return (spec.mode, spec.width, spec.height, spec.steps, spec.guidance_scale, spec.scheduler, strength)
 
 
 @dataclass(frozen=True)
@@ -58,5 +67,19 @@ class ImageGenerator(Protocol):
             Cancelled: `should_stop` returned true before the last step.
             OutOfMemory: the device ran out of memory.
             GenerationFailed: the pipeline rejected the input or produced non-finite pixels.
+        """
+        ...
+
+    def generate_batch(
+        self,
+        specs: Sequence[GenerationSpec],
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[GeneratedImages]:
+        """Run specs with one `batch_key` as one pipeline call (one generator per image); results in spec order.
+
+        Raises:
+            The errors of `generate`, for the batch as a whole.
         """
         ...

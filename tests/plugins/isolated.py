@@ -1,4 +1,4 @@
-"""An isolated stack per fault test: its own vhost and bucket, and worker processes the test starts and breaks."""
+"""An isolated stack per test: its own vhost and bucket, and worker processes the test starts (and may break)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def updated(settings: Settings, **groups: dict[str, Any]) -> Settings:
 
 
 @dataclass
-class FaultStack:
+class IsolatedStack:
     """Settings for one isolated stack, and the workers started on it (each with its own log)."""
 
     settings: Settings
@@ -77,7 +77,7 @@ class FaultStack:
 
 
 @pytest.fixture
-def fault_stack(
+def isolated(
     seaweed: SeaweedStack,
     s3_client: S3Client,
     amqp_url: str,
@@ -98,7 +98,7 @@ def fault_stack(
         state_dir=tmp_path / "state",
         signing_keys=signing_keys,
     )
-    stack = FaultStack(settings=settings, log_dir=tmp_path, s3_client=s3_client)
+    stack = IsolatedStack(settings=settings, log_dir=tmp_path, s3_client=s3_client)
     yield stack
     for worker in stack.workers:
         if worker.process.poll() is None:
@@ -107,16 +107,16 @@ def fault_stack(
 
 
 @pytest_asyncio.fixture
-async def fault_client(fault_stack: FaultStack) -> AsyncIterator[SdqueueClient]:
+async def isolated_client(isolated: IsolatedStack) -> AsyncIterator[SdqueueClient]:
     """A client on the isolated stack (it does not wait for workers: tests start them)."""
-    async with SdqueueClient(fault_stack.settings, subject="tester") as client:
+    async with SdqueueClient(isolated.settings, subject="tester") as client:
         yield client
 
 
 @pytest_asyncio.fixture
-async def fault_probe(fault_stack: FaultStack) -> AsyncIterator[BrokerProbe]:
+async def isolated_probe(isolated: IsolatedStack) -> AsyncIterator[BrokerProbe]:
     """A broker observer on the isolated vhost."""
-    connection = await aio_pika.connect_robust(fault_stack.settings.broker.url.get_secret_value())
+    connection = await aio_pika.connect_robust(isolated.settings.broker.url.get_secret_value())
     async with connection:
         yield BrokerProbe(await connection.channel())
 

@@ -1,0 +1,113 @@
+"""Item 1b: micro-batching through sdqueue against the bare diffusers loop at batch 1.
+
+Tiny model, 128x128, 20 steps, 2 torch threads. The queue side runs a worker with prefetch 8 and batches of up
+to 8 images; the raw side calls the pipeline one image at a time, and also batch 8 directly (the ceiling).
+Target: sdqueue batched >= 2x raw batch 1 in images/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench._stack import bench_stack
+from sdqueue.client import SdqueueClient, new_job_id
+from sdqueue.config import Settings
+from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
+from sdqueue.devstack.stack import start_worker, stop_process
+from sdqueue.worker.generate import GenerationSpec, load_generator
+
+SIZE_PX, STEPS, JOBS, BATCH, ROUNDS = 128, 20, 32, 8, 3
+TARGET_RATIO = 2.0
+
+
+def _spec(seeds: tuple[int, ...]) -> GenerationSpec:
+    return GenerationSpec(
+        mode="txt2img",
+        prompt="a lighthouse at dusk",
+        negative_prompt="",
+        width=SIZE_PX,
+        height=SIZE_PX,
+        steps=STEPS,
+        guidance_scale=7.5,
+        seeds=seeds,
+        scheduler=None,
+        strength=0.75,
+        init_image=None,
+    )
+
+
+def raw_rates(settings: Settings) -> tuple[float, float]:
+    """(images/s one at a time, images/s in batches of BATCH) for the bare pipeline call."""
+    generator = load_generator(settings.model_sources()["default"], runtime=settings.runtime)
+    generator.generate(_spec((10_000,)))
+    started = time.perf_counter()
+    for seed in range(JOBS):
+        generator.generate(_spec((seed,)))
+    one = JOBS / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for first in range(0, JOBS, BATCH):
+        generator.generate(_spec(tuple(range(first, first + BATCH))))
+    return one, JOBS / (time.perf_counter() - started)
+
+
+async def queue_rate(settings: Settings) -> float:
+    """Images/s through sdqueue, all JOBS published at once so the worker can batch them."""
+    async with SdqueueClient(settings, subject="bench") as client:
+        await client.generate(_request(10_000), timeout_s=120)
+        requests = [_request(seed) for seed in range(JOBS)]
+        started = time.perf_counter()
+        await asyncio.gather(*(client.submit(request) for request in requests))
+        for request in requests:
+            await client.wait(request.job_id, timeout_s=300)
+        return JOBS / (time.perf_counter() - started)
+
+
+def _request(seed: int) -> GenerationRequest:
+    return GenerationRequest(
+        schema_version=SCHEMA_VERSION,
+        job_id=new_job_id(),
+        mode="txt2img",
+        prompt="a lighthouse at dusk",
+        width=SIZE_PX,
+        height=SIZE_PX,
+        steps=STEPS,
+        seed=seed,
+    )
+
+
+def main() -> float:
+    """Alternate raw and queued rounds; print medians and the ratio to raw batch 1."""
+    with bench_stack(threads=2, prefetch=BATCH) as settings:
+        settings = settings.model_copy(
+            update={"batching": settings.batching.model_copy(update={"max_images": BATCH, "max_wait_s": 0.05})}
+        )
+        with (Path(settings.state_dir) / "worker.log").open("wb") as log:
+            worker = start_worker(settings, log=log)
+            try:
+                raw_one, raw_batch, queued = [], [], []
+                for round_index in range(ROUNDS):
+                    one, batch = raw_rates(settings)
+                    raw_one.append(one)
+                    raw_batch.append(batch)
+                    queued.append(asyncio.run(queue_rate(settings)))
+                    rates = f"raw b1 {one:.2f}, raw b{BATCH} {batch:.2f}, sdqueue {queued[-1]:.2f} img/s"
+                    print(f"  round {round_index + 1}: {rates}")
+            finally:
+                stop_process(worker)
+    one, batch, queue = (statistics.median(values) for values in (raw_one, raw_batch, queued))
+    ratio = queue / one
+    print(f"micro-batching, {SIZE_PX}x{SIZE_PX}, {STEPS} steps, {JOBS} jobs x {ROUNDS} rounds (medians):")
+    print(f"  raw batch 1 {one:.2f} img/s, raw batch {BATCH} {batch:.2f} img/s ({batch / one:.2f}x)")
+    print(
+        f"  sdqueue batched {queue:.2f} img/s: {ratio:.2f}x raw batch 1 (target >= {TARGET_RATIO}), "
+        f"{queue / batch:.2f} of raw batch {BATCH}"
+    )
+    return ratio
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() >= TARGET_RATIO else 1)

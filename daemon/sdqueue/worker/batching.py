@@ -1,0 +1,135 @@
+"""Micro-batching: compatible jobs in the prefetch window share one pipeline call on the generation thread.
+
+Each job still verifies, records, publishes and settles on its own; only the generate stage is shared. A batch
+that fails is retried job by job, so one bad job never fails (or burns the delivery count of) its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from sdqueue.config import BatchSettings
+from sdqueue.worker.generate import BatchKey, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, kw_only=True)
+class _Item:
+    spec: GenerationSpec
+    on_step: Callable[[int, int], None]
+    should_stop: Callable[[], bool]
+    future: asyncio.Future[GeneratedImages]
+    key: BatchKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = batch_key(self.spec)
+
+    @property
+    def pixel_steps(self) -> int:
+        spec = self.spec
+        return spec.width * spec.height * spec.steps * len(spec.seeds)
+
+
+class Batcher:
+    """Gathers compatible specs for one model and runs them as one call; `generate` is what a job awaits."""
+
+    def __init__(self, generator: ImageGenerator, *, executor: ThreadPoolExecutor, batching: BatchSettings) -> None:
+        self._generator = generator
+        self._executor = executor
+        self._batching = batching
+        self._arrivals: asyncio.Queue[_Item] = asyncio.Queue()
+        self._held: collections.deque[_Item] = collections.deque()
+
+    async def generate(
+        self, spec: GenerationSpec, *, on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
+    ) -> GeneratedImages:
+        """Queue one job's spec and return its images once its batch has run.
+
+        Raises:
+            The generator's errors, for this job alone.
+        """
+        future: asyncio.Future[GeneratedImages] = asyncio.get_running_loop().create_future()
+        self._arrivals.put_nowait(_Item(spec=spec, on_step=on_step, should_stop=should_stop, future=future))
+        return await future
+
+    async def run(self) -> None:
+        """Form and run batches until cancelled."""
+        while True:
+            batch = await self._gather()
+            await self._run(batch)
+
+    async def _gather(self) -> list[_Item]:
+        first = self._held.popleft() if self._held else await self._arrivals.get()
+        batch = [first]
+        batch.extend(self._take_held(first, batch))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._batching.max_wait_s
+        while self._has_room(batch) and (remaining := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    item = await self._arrivals.get()
+            except TimeoutError:
+                break
+            if item.key == first.key and self._fits(batch, item):
+                batch.append(item)
+            else:
+                self._held.append(item)
+        return [item for item in batch if not item.future.done()]
+
+    def _take_held(self, first: _Item, batch: list[_Item]) -> list[_Item]:
+        taken: list[_Item] = []
+        for item in list(self._held):
+            if item.key == first.key and self._fits([*batch, *taken], item):
+                self._held.remove(item)
+                taken.append(item)
+        return taken
+
+    def _has_room(self, batch: list[_Item]) -> bool:
+        return sum(len(item.spec.seeds) for item in batch) < self._batching.max_images
+
+    def _fits(self, batch: list[_Item], item: _Item) -> bool:
+        images = sum(len(member.spec.seeds) for member in batch) + len(item.spec.seeds)
+        pixel_steps = sum(member.pixel_steps for member in batch) + item.pixel_steps
+        return images <= self._batching.max_images and pixel_steps <= self._batching.max_pixel_steps
+
+    async def _run(self, batch: list[_Item]) -> None:
+        if not batch:
+            return
+
+        def on_step(step: int, total: int) -> None:
+            for item in batch:
+                item.on_step(step, total)
+
+        call = functools.partial(
+            self._generator.generate_batch,
+            [item.spec for item in batch],
+            on_step=on_step,
+            # One job cancelled keeps its neighbours going (its images are dropped); all stopped stops the call.
+            should_stop=lambda: all(item.should_stop() for item in batch),
+        )
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], error=exc)
+                return
+            log.warning("a batch of %d jobs failed (%s); retrying them one by one", len(batch), exc)
+            for item in batch:
+                await self._run([item])
+            return
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+
+def _settle(item: _Item, *, error: BaseException) -> None:
+    """Hand a job its failure, unless it gave up waiting (shutdown cancelled its task)."""
+    if not item.future.done():
+        item.future.set_exception(error)
