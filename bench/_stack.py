@@ -8,14 +8,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sdqueue.config import BrokerSettings, RuntimeSettings, Settings
+from sdqueue.config import BatchSettings, BrokerSettings, RuntimeSettings, Settings
 from sdqueue.devstack import create_vhost, delete_vhost, ensure_rabbitmq
 from sdqueue.devstack.stack import start_storage, with_fresh_secrets
 from sdqueue.worker.generate import ensure_tiny_model
 
 
 @contextlib.contextmanager
-def bench_stack(*, threads: int = 2, prefetch: int = 2) -> Iterator[Settings]:
+def bench_stack(*, threads: int = 2, prefetch: int = 2, batch_images: int = 1) -> Iterator[Settings]:
     """Settings for a fresh vhost and SeaweedFS with the tiny model built; everything is removed afterwards."""
     ensure_rabbitmq(BrokerSettings().url.get_secret_value())
     vhost = f"sdqueue-bench-{secrets.token_hex(4)}"
@@ -26,6 +26,7 @@ def bench_stack(*, threads: int = 2, prefetch: int = 2) -> Iterator[Settings]:
             state_dir=state,
             model=str(model_dir),
             broker=BrokerSettings(url=create_vhost(vhost), prefetch=prefetch),
+            batching=BatchSettings(max_images=batch_images, max_wait_s=0.05),
             runtime=RuntimeSettings(device="cpu", threads=threads),
         )
         server, settings = start_storage(with_fresh_secrets(base), data_dir=state / "weed")

@@ -81,10 +81,7 @@ def _request(seed: int) -> GenerationRequest:
 
 def main() -> float:
     """Alternate raw and queued rounds; print medians and the ratio to raw batch 1."""
-    with bench_stack(threads=2, prefetch=BATCH) as settings:
-        settings = settings.model_copy(
-            update={"batching": settings.batching.model_copy(update={"max_images": BATCH, "max_wait_s": 0.05})}
-        )
+    with bench_stack(threads=2, prefetch=BATCH, batch_images=BATCH) as settings:
         with (Path(settings.state_dir) / "worker.log").open("wb") as log:
             worker = start_worker(settings, log=log)
             try:
