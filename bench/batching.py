@@ -81,20 +81,22 @@ def _request(seed: int) -> GenerationRequest:
 
 def main() -> float:
     """Alternate raw and queued rounds; print medians and the ratio to raw batch 1."""
-    with bench_stack(threads=2, prefetch=BATCH, batch_images=BATCH) as settings:
-        with (Path(settings.state_dir) / "worker.log").open("wb") as log:
-            worker = start_worker(settings, log=log)
-            try:
-                raw_one, raw_batch, queued = [], [], []
-                for round_index in range(ROUNDS):
-                    one, batch = raw_rates(settings)
-                    raw_one.append(one)
-                    raw_batch.append(batch)
-                    queued.append(asyncio.run(queue_rate(settings)))
-                    rates = f"raw b1 {one:.2f}, raw b{BATCH} {batch:.2f}, sdqueue {queued[-1]:.2f} img/s"
-                    print(f"  round {round_index + 1}: {rates}")
-            finally:
-                stop_process(worker)
+    with (
+        bench_stack(threads=2, prefetch=BATCH, batch_images=BATCH) as settings,
+        (Path(settings.state_dir) / "worker.log").open("wb") as log,
+    ):
+        worker = start_worker(settings, log=log)
+        try:
+            raw_one, raw_batch, queued = [], [], []
+            for round_index in range(ROUNDS):
+                one, batch = raw_rates(settings)
+                raw_one.append(one)
+                raw_batch.append(batch)
+                queued.append(asyncio.run(queue_rate(settings)))
+                rates = f"raw b1 {one:.2f}, raw b{BATCH} {batch:.2f}, sdqueue {queued[-1]:.2f} img/s"
+                print(f"  round {round_index + 1}: {rates}")
+        finally:
+            stop_process(worker)
     one, batch, queue = (statistics.median(values) for values in (raw_one, raw_batch, queued))
     ratio = queue / one
     print(f"micro-batching, {SIZE_PX}x{SIZE_PX}, {STEPS} steps, {JOBS} jobs x {ROUNDS} rounds (medians):")
