@@ -91,11 +91,10 @@ async def test_storage_outage_during_uploads(
     s3 = isolated.settings.s3.model_copy(update={"bucket": f"outage-{secrets.token_hex(3)}"})
     secret = s3.secret_access_key.get_secret_value() if s3.secret_access_key else ""
     data_dir, key_id = tmp_path / "weed", s3.access_key_id or ""
-    server = start_seaweed(data_dir, access_key_id=key_id, secret_access_key=secret, bucket=s3.bucket)
-    port = server.ports["s3"]
+    first = isolated.track(start_seaweed(data_dir, access_key_id=key_id, secret_access_key=secret, bucket=s3.bucket))
     health_port = free_port()
     settings = updated(
-        isolated.settings, s3={"endpoint_url": server.endpoint_url, "bucket": s3.bucket, "timeout_s": 2.0}
+        isolated.settings, s3={"endpoint_url": first.endpoint_url, "bucket": s3.bucket, "timeout_s": 2.0}
     )
     isolated.start_worker("patient", settings.model_copy(update={"health_port": health_port}))
     async with SdqueueClient(settings, subject="tester") as client:
@@ -106,19 +105,19 @@ async def test_storage_outage_during_uploads(
             await client.submit(request)
         await _until_succeeded(logs, count=3)
 
-        server.stop()
-        try:
-            assert (await _until_ready_is(health_port, ready=False))["storage"] is False
-            await asyncio.sleep(OUTAGE_S)
-        finally:
-            server = start_seaweed(
-                data_dir, s3_port=port, access_key_id=key_id, secret_access_key=secret, bucket=s3.bucket
+        first.stop()
+        assert (await _until_ready_is(health_port, ready=False))["storage"] is False
+        await asyncio.sleep(OUTAGE_S)
+        isolated.track(
+            start_seaweed(
+                data_dir, s3_port=first.ports["s3"], access_key_id=key_id, secret_access_key=secret, bucket=s3.bucket
             )
-        with server:
-            await _until_ready_is(health_port, ready=True)
-            events = await _all_succeed_once(client, isolated, logs, [r.job_id for r in jobs])
-            for event in events:
-                for image in event.images:
-                    assert len(await client.fetch_image(image)) == image.size  # sha256 checked too
+        )
+
+        await _until_ready_is(health_port, ready=True)
+        events = await _all_succeed_once(client, isolated, logs, [r.job_id for r in jobs])
+        for event in events:
+            for image in event.images:
+                assert len(await client.fetch_image(image)) == image.size  # sha256 checked too
 
     assert await isolated_probe.dead_letters() == {}

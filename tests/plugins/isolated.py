@@ -7,7 +7,7 @@ import secrets
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,7 @@ import pytest_asyncio
 from sdqueue.client import SdqueueClient
 from sdqueue.config import Settings
 from sdqueue.contracts.topology import requests_queue
-from sdqueue.devstack import create_vhost, delete_vhost
+from sdqueue.devstack import SeaweedServer, create_vhost, delete_vhost
 from sdqueue.devstack.stack import start_worker, stop_process
 from tests.plugins.services import SeaweedStack
 from tests.plugins.stack import BrokerProbe, SigningKeys, WorkerProcess, make_stack_settings
@@ -51,6 +51,12 @@ class IsolatedStack:
     log_dir: Path
     s3_client: S3Client
     workers: list[WorkerProcess] = field(default_factory=list)
+    servers: list[SeaweedServer] = field(default_factory=list)
+
+    def track(self, server: SeaweedServer) -> SeaweedServer:
+        """Stop this extra SeaweedFS at teardown, whatever the test did with it."""
+        self.servers.append(server)
+        return server
 
     def start_worker(self, name: str, settings: Settings | None = None) -> WorkerProcess:
         """Start `python -m sdqueue worker` named `name` (that name appears in its events)."""
@@ -84,7 +90,7 @@ def isolated(
     tiny_model_dir: Path,
     signing_keys: SigningKeys,
     tmp_path: Path,
-) -> Any:
+) -> Iterator[IsolatedStack]:
     """A fresh vhost and bucket on the session's broker and SeaweedFS; every worker is stopped afterwards."""
     suffix = secrets.token_hex(4)
     vhost_url = create_vhost(f"sdqueue-fault-{suffix}")
@@ -103,6 +109,8 @@ def isolated(
     for worker in stack.workers:
         if worker.process.poll() is None:
             stop_process(worker.process, timeout_s=10.0)
+    for server in stack.servers:
+        server.stop()
     delete_vhost(vhost_url.rsplit("/", 1)[-1])
 
 

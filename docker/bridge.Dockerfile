@@ -1,0 +1,17 @@
+# sdqueue HTTP bridge: the light client plus FastAPI; no torch.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 SDQUEUE_STATE_DIR=/var/lib/sdqueue
+RUN useradd --system --create-home --home-dir /var/lib/sdqueue sdqueue
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY contracts contracts
+COPY daemon daemon
+COPY clients clients
+RUN pip install ".[bridge]"
+
+USER sdqueue
+EXPOSE 8000
+ENTRYPOINT ["sdqueue"]
+CMD ["bridge"]
