@@ -71,3 +71,28 @@ async def fetch_image(http: httpx.AsyncClient, image: ImageInfo) -> bytes:
     if hashlib.sha256(response.content).hexdigest() != image.sha256:
         raise StorageUnavailable(f"downloaded {image.key} does not match its sha256")
     return response.content
+
+
+async def ensure_bucket(client: S3Client, *, s3: S3Settings) -> bool:
+    """Create the configured bucket unless it exists; True if it was created (for deployments and compose).
+
+    Raises:
+        StorageUnavailable: the bucket could not be checked or created.
+    """
+    try:
+        await asyncio.to_thread(client.head_bucket, Bucket=s3.bucket)
+        return False
+    except BotoClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in NOT_FOUND_CODES | {"NoSuchBucket"}:
+            raise StorageUnavailable("could not check the bucket") from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailable("could not check the bucket") from exc
+    try:
+        if s3.region == "us-east-1":
+            await asyncio.to_thread(client.create_bucket, Bucket=s3.bucket)
+        else:
+            location = {"LocationConstraint": s3.region}
+            await asyncio.to_thread(client.create_bucket, Bucket=s3.bucket, CreateBucketConfiguration=location)  # type: ignore[arg-type]
+    except (BotoCoreError, BotoClientError) as exc:
+        raise StorageUnavailable("could not create the bucket") from exc
+    return True
