@@ -10,74 +10,47 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import quote, unquote
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from aio_pika.abc import AbstractChannel, AbstractExchange
 from PIL import Image
 
-from sdqueue.config import Settings
 from sdqueue.contracts import (
     GenerationRequest,
     ImageInfo,
     InitImageData,
-    JobEvent,
     ProgressEvent,
     SucceededEvent,
-    TerminalEvent,
-    parse_terminal_event,
 )
-from sdqueue.contracts.topology import output_key, record_key
+from sdqueue.contracts.topology import output_key
 from sdqueue.worker import store
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
-from sdqueue.worker.control import JobRegistry
 from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
 from sdqueue.worker.errors import (
     Cancelled,
     DeliveryLimitExceeded,
-    Forbidden,
     InvalidImage,
     LimitsExceeded,
     SdqueueError,
     ServiceUnavailable,
-    StorageError,
 )
-from sdqueue.worker.generate import GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate import GeneratedImages, GenerationSpec
 from sdqueue.worker.inputs import decode_inline_image, load_init_image
-from sdqueue.worker.publish import PublishFailed, publish_event
+from sdqueue.worker.outcome import emit, finish, report_failure, republish_record
+from sdqueue.worker.publish import PublishFailed
+from sdqueue.worker.services import Services
 from sdqueue.worker.settle import Settlement
 from sdqueue.worker.validate import image_seeds, job_id_from_body, parse_job
-from sdqueue.worker.verify import VerificationKeys, verify_token
+from sdqueue.worker.verify import verify_token
 
 if TYPE_CHECKING:
-    from types_boto3_s3 import S3Client
+    pass
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-OWNER_METADATA_KEY = "sub"
-MAX_RECORD_BYTES = 1024 * 1024
 PROGRESS_INTERVAL_S = 0.25
-
-
-@dataclass(frozen=True, kw_only=True)
-class Services:
-    """Everything a job needs that the worker opened once at start."""
-
-    settings: Settings
-    keys: VerificationKeys
-    generators: Mapping[str, ImageGenerator]
-    batchers: Mapping[str, Batcher]
-    s3: S3Client
-    channel: AbstractChannel
-    events: AbstractExchange
-    stop_generation: threading.Event
-    registry: JobRegistry
 
 
 async def process_delivery(delivery: Delivery, services: Services) -> Settlement:
@@ -127,25 +100,6 @@ async def retry_or_give_up(error: Exception, *, ctx: JobContext, delivery: Deliv
     return "requeue"
 
 
-async def durable(operation: Callable[[], Awaitable[T]], *, job_id: str, budget_s: float) -> T:
-    """Run a storage operation, waiting out an outage of up to `budget_s` in place so it burns no delivery.
-
-    Raises:
-        StorageError: storage stayed unavailable for the whole budget.
-    """
-    deadline = time.monotonic() + budget_s
-    delay_s = 0.5
-    while True:
-        try:
-            return await operation()
-        except StorageError as exc:
-            if time.monotonic() + delay_s > deadline:
-                raise
-            log.warning("job %s: %s; retrying in %.1fs", job_id, exc.message, delay_s)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, 5.0)
-
-
 async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> None:
     """The happy path; any stage may raise one of our errors, which the caller turns into an outcome."""
     settings = services.settings
@@ -158,7 +112,8 @@ async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> No
         delivery.body,
         job_id=ctx.job_id,
         limits=settings.limits,
-        served_models=services.generators.keys(),
+        # The routing key chose this queue; a body naming another alias was routed wrongly.
+        served_models=(delivery.alias,),
         schedulers=generator.scheduler_names,
     )
     ctx.model, ctx.metadata = request.model, dict(request.metadata)
@@ -201,48 +156,6 @@ async def produce(
     await finish(event, ctx=ctx, delivery=delivery, services=services)
 
 
-@dataclass(frozen=True)
-class StoredRecord:
-    """A job's result record as found in the bucket, with the caller that owns it."""
-
-    event: TerminalEvent
-    owner: str
-
-
-async def load_record(job_id: str, *, services: Services) -> StoredRecord | None:
-    """Read `jobs/<job_id>.json`, or None when the job has no record yet.
-
-    Raises:
-        StorageError: the bucket is unreachable.
-    """
-    s3 = services.settings.s3
-    stored = await durable(
-        lambda: store.read_object(services.s3, bucket=s3.bucket, key=record_key(job_id), max_bytes=MAX_RECORD_BYTES),
-        job_id=job_id,
-        budget_s=s3.outage_budget_s,
-    )
-    if stored is None:
-        return None
-    owner = unquote(stored.metadata.get(OWNER_METADATA_KEY, ""))
-    return StoredRecord(event=parse_terminal_event(stored.data), owner=owner)
-
-
-async def republish_record(*, ctx: JobContext, delivery: Delivery, services: Services) -> bool:
-    """If this job already has a result record, publish it again instead of generating twice.
-
-    Raises:
-        Forbidden: the job id belongs to another caller.
-    """
-    record = await load_record(ctx.job_id, services=services)
-    if record is None:
-        return False
-    if record.owner != ctx.owner:
-        raise Forbidden("this job id is already used by another caller")
-    log.info("job %s already finished; re-publishing its record", ctx.job_id)
-    await emit(record.event, delivery=delivery, services=services)
-    return True
-
-
 async def fetch_init_image(request: GenerationRequest, *, services: Services) -> Image.Image | None:
     """Load the img2img init image, inline or from the bucket, as RGB.
 
@@ -257,7 +170,7 @@ async def fetch_init_image(request: GenerationRequest, *, services: Services) ->
         data = decode_inline_image(request.init_image.data, max_bytes=limits.max_inline_image_bytes)
     else:
         key, s3 = request.init_image.key, services.settings.s3
-        stored = await durable(
+        stored = await store.durable(
             lambda: store.read_object(services.s3, bucket=s3.bucket, key=key, max_bytes=limits.max_init_image_bytes),
             job_id=request.job_id,
             budget_s=s3.outage_budget_s,
@@ -384,7 +297,7 @@ async def upload_images(
             )
         )
 
-    await durable(put_all, job_id=request.job_id, budget_s=s3.outage_budget_s)
+    await store.durable(put_all, job_id=request.job_id, budget_s=s3.outage_budget_s)
     return [
         ImageInfo(
             index=index,
@@ -399,42 +312,3 @@ async def upload_images(
         )
         for index, (key, image, seed) in enumerate(zip(keys, encoded, seeds, strict=True))
     ]
-
-
-async def finish(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:
-    """Store the result record once the caller is known (first writer wins), then publish the stored outcome."""
-    if ctx.owner is not None:
-        s3, owner = services.settings.s3, quote(ctx.owner, safe="")
-        written = await durable(
-            lambda: store.put_object_if_absent(
-                services.s3,
-                bucket=s3.bucket,
-                key=record_key(ctx.job_id),
-                data=event.model_dump_json().encode(),
-                content_type="application/json",
-                metadata={OWNER_METADATA_KEY: owner},
-            ),
-            job_id=ctx.job_id,
-            budget_s=s3.outage_budget_s,
-        )
-        record = None if written else await load_record(ctx.job_id, services=services)
-        if record is not None and record.owner == ctx.owner:
-            event = record.event
-    await emit(event, delivery=delivery, services=services)
-
-
-async def report_failure(error: SdqueueError, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:
-    """Publish the failed event, stored as the job's record when the token was verified."""
-    await finish(ctx.failed(error.to_info()), ctx=ctx, delivery=delivery, services=services)
-
-
-async def emit(event: JobEvent, *, delivery: Delivery, services: Services) -> None:
-    """Publish one event of this delivery's job, with confirm, also to the request's `reply_to`."""
-    await publish_event(
-        event,
-        events=services.events,
-        channel=services.channel,
-        reply_to=delivery.reply_to,
-        correlation_id=delivery.correlation_id,
-        timeout_s=services.settings.broker.publish_timeout_s,
-    )

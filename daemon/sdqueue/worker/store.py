@@ -7,11 +7,13 @@ the requester (no host, key or bucket names); the original stays attached as `__
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from boto3.exceptions import Boto3Error
@@ -23,6 +25,9 @@ from sdqueue.worker.errors import StorageError
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _STORAGE_ERRORS = (BotoCoreError, ClientError, Boto3Error, Urllib3Error)
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -193,3 +198,22 @@ def _safe_message(operation: str, exc: Exception) -> str:
 
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+async def durable(operation: Callable[[], Awaitable[T]], *, job_id: str, budget_s: float) -> T:
+    """Run a storage operation, waiting out an outage of up to `budget_s` in place so it burns no delivery.
+
+    Raises:
+        StorageError: storage stayed unavailable for the whole budget.
+    """
+    deadline = time.monotonic() + budget_s
+    delay_s = 0.5
+    while True:
+        try:
+            return await operation()
+        except StorageError as exc:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            log.warning("job %s: %s; retrying in %.1fs", job_id, exc.message, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)

@@ -26,8 +26,9 @@ from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
 from sdqueue.worker.errors import StorageError
 from sdqueue.worker.generate import ImageGenerator, describe_runtime, ensure_tiny_model, load_generator
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
-from sdqueue.worker.pipeline import Services, process_delivery, retry_or_give_up
+from sdqueue.worker.pipeline import process_delivery, retry_or_give_up
 from sdqueue.worker.publish import PublishFailed
+from sdqueue.worker.services import Services
 from sdqueue.worker.settle import Settlement, settle
 from sdqueue.worker.verify import load_keys
 
