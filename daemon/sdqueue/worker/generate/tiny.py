@@ -18,7 +18,7 @@ _EOS = "<|endoftext|>"
 # A handful of merges so that common words become single tokens; the rest falls back to bytes.
 _MERGES = ("t h", "th e</w>", "a n", "an d</w>", "o f</w>", "i n", "e r</w>", "c a", "ca t</w>")
 # SD 1.5's scheduler settings: `clip_sample` and `set_alpha_to_one` are kept for the DDIM swap.
-_SCHEDULER_CONFIG = {
+SCHEDULER_CONFIG = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
@@ -36,7 +36,7 @@ def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
     The same seed gives byte-identical weights.
     """
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer(path / "tokenizer")
+    tokenizer = build_tokenizer(path / "tokenizer")
     # Modules draw their initial weights from torch's global generator; fork it so the caller's stays as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -46,13 +46,13 @@ def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=PNDMScheduler.from_config(_SCHEDULER_CONFIG),  # type: ignore[no-untyped-call]  # diffusers
+        scheduler=PNDMScheduler.from_config(SCHEDULER_CONFIG),  # type: ignore[no-untyped-call]  # diffusers
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(path, safe_serialization=True)  # type: ignore[attr-defined]  # diffusers' lazy module
-    _make_readable(path)
+    make_readable(path)
     return path
 
 
@@ -79,7 +79,8 @@ def ensure_tiny_model(path: Path) -> Path:
     return path
 
 
-def _build_tokenizer(folder: Path) -> CLIPTokenizer:
+def build_tokenizer(folder: Path) -> CLIPTokenizer:
+    """Write a byte-level CLIP vocabulary and merges to `folder` and load the tokenizer from there."""
     folder.mkdir(parents=True, exist_ok=True)
     symbols = list(_byte_symbols())
     tokens = symbols + [f"{symbol}</w>" for symbol in symbols]
@@ -149,7 +150,8 @@ def _build_vae() -> AutoencoderKL:
     )
 
 
-def _make_readable(path: Path) -> None:
+def make_readable(path: Path) -> None:
+    """Give every saved file mode 0644."""
     # safetensors writes 0600; the model is shared by whoever runs the worker.
     for root, _dirs, files in os.walk(path):
         for name in files:
