@@ -14,8 +14,9 @@ from pathlib import Path
 from sdqueue.client.client import SdqueueClient
 from sdqueue.client.errors import ClientError
 from sdqueue.client.jobs import new_job_id
+from sdqueue.client.storage import ensure_bucket
 from sdqueue.client.tokens import mint_token
-from sdqueue.config import load_settings
+from sdqueue.config import load_settings, make_s3_client
 from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest, InitImageData, InitImageKey, SucceededEvent
 
 log = logging.getLogger("sdqueue")
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_img2img(commands)
     _add_token(commands)
     _add_service_commands(commands)
+    _add_bridge_commands(commands)
     return parser
 
 
@@ -94,8 +96,11 @@ def _add_service_commands(commands: argparse._SubParsersAction[argparse.Argument
     tiny.add_argument("path", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=_model_tiny)
-    storage = commands.add_parser("storage", help="dev S3 server").add_subparsers(required=True, metavar="ACTION")
+    storage = commands.add_parser("storage", help="S3 storage").add_subparsers(required=True, metavar="ACTION")
     storage.add_parser("serve", help="run SeaweedFS on loopback with keys enforced").set_defaults(handler=_storage)
+    storage.add_parser("ensure-bucket", help="create the configured bucket if missing").set_defaults(
+        handler=lambda _: asyncio.run(_ensure_bucket())
+    )
     broker = commands.add_parser("broker", help="dev broker").add_subparsers(required=True, metavar="ACTION")
     broker.add_parser("ensure", help="start (or install) a local RabbitMQ if none answers").set_defaults(
         handler=_broker_ensure
@@ -108,6 +113,20 @@ def _add_service_commands(commands: argparse._SubParsersAction[argparse.Argument
     demo = commands.add_parser("demo", help="run the whole stack on loopback and generate one image")
     demo.add_argument("prompt", nargs="?", default="a dog with a hat")
     demo.set_defaults(handler=_demo)
+
+
+def _add_bridge_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bridge = commands.add_parser("bridge", help="run the HTTP bridge (FastAPI on uvicorn)")
+    bridge.set_defaults(handler=_bridge)
+    users = commands.add_parser("users", help="the bridge's users").add_subparsers(required=True, metavar="ACTION")
+    add = users.add_parser("add", help="create a user (asks for the password)")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.set_defaults(handler=_users_add)
+    remove = users.add_parser("remove", help="delete a user")
+    remove.add_argument("name")
+    remove.set_defaults(handler=_users_remove)
+    users.add_parser("list", help="list the user names").set_defaults(handler=_users_list)
 
 
 def request_from_args(
@@ -209,6 +228,13 @@ def _model_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _ensure_bucket() -> int:
+    s3 = load_settings().s3
+    created = await ensure_bucket(make_s3_client(s3), s3=s3)
+    print(f"bucket {s3.bucket} {'created' if created else 'exists'}")
+    return 0
+
+
 def _storage(_: argparse.Namespace) -> int:
     from sdqueue.devstack.seaweed import serve_storage
 
@@ -242,3 +268,50 @@ def _demo(args: argparse.Namespace) -> int:
     from sdqueue.devstack.demo import run_demo
 
     return run_demo(load_settings(), prompt=args.prompt)
+
+
+def _bridge(_: argparse.Namespace) -> int:
+    from sdqueue.bridge import run_bridge
+
+    logging.getLogger().setLevel(logging.INFO)
+    return run_bridge(load_settings())
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from sdqueue.bridge import UserStore, UserStoreError
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else _ask_password()
+    try:
+        UserStore(load_settings().users_file).add(args.name, password)
+    except UserStoreError as exc:
+        print(f"sdqueue: {exc}", file=sys.stderr)
+        return 1
+    print(f"added {args.name}")
+    return 0
+
+
+def _ask_password() -> str:
+    password = getpass.getpass("password: ")
+    if password != getpass.getpass("again: "):
+        raise ClientError("the passwords differ")
+    return password
+
+
+def _users_remove(args: argparse.Namespace) -> int:
+    from sdqueue.bridge import UserStore, UserStoreError
+
+    try:
+        UserStore(load_settings().users_file).remove(args.name)
+    except UserStoreError as exc:
+        print(f"sdqueue: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed {args.name}")
+    return 0
+
+
+def _users_list(_: argparse.Namespace) -> int:
+    from sdqueue.bridge import UserStore
+
+    for name in UserStore(load_settings().users_file).names():
+        print(name)
+    return 0

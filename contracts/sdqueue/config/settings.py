@@ -108,6 +108,19 @@ class RuntimeSettings(_Group):
     )
     threads: PositiveInt | None = Field(default=None, description="torch CPU threads; unset keeps torch's choice.")
     attention_slicing: bool = Field(default=False, description="Trade speed for memory on small GPUs.")
+    channels_last: bool = Field(default=False, description="UNet and VAE in channels-last memory format.")
+    fuse_qkv: bool = Field(default=False, description="Fuse attention Q/K/V projections into one matmul.")
+    vae_slicing: bool = Field(default=False, description="Decode a batch one image at a time (less peak memory).")
+    vae_tiling: bool = Field(default=False, description="Decode large images in tiles (less peak memory).")
+    compile_mode: Literal["off", "default", "reduce-overhead", "max-autotune"] = Field(
+        default="off", description="torch.compile the UNet; the warm-up pays the compile before the worker is ready."
+    )
+    warmup_steps: Annotated[int, Field(ge=0, le=50)] = Field(
+        default=2, description="Steps of the warm-up generation run before the worker is ready; 0 skips it."
+    )
+    warmup_size_px: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = Field(
+        default=512, description="Width and height of the warm-up generation (compiled shapes are per size)."
+    )
 
 
 class BatchSettings(_Group):

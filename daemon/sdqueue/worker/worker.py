@@ -24,7 +24,7 @@ from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_topo
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
 from sdqueue.worker.errors import StorageError
-from sdqueue.worker.generate import ImageGenerator, describe_runtime, ensure_tiny_model, load_generator
+from sdqueue.worker.generate import ImageGenerator, describe_runtime, ensure_tiny_model, load_generator, warm_up
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
 from sdqueue.worker.pipeline import process_delivery, retry_or_give_up
 from sdqueue.worker.publish import PublishFailed
@@ -137,6 +137,9 @@ async def load_models(settings: Settings, *, executor: ThreadPoolExecutor) -> di
         log.info("loading model %s from %s", alias, source)
         load = functools.partial(load_generator, source, runtime=settings.runtime)
         generators[alias] = await loop.run_in_executor(executor, load)
+        started = time.monotonic()
+        await loop.run_in_executor(executor, functools.partial(warm_up, generators[alias], runtime=settings.runtime))
+        log.info("model %s warmed up in %.2fs", alias, time.monotonic() - started)
     return generators
 
 

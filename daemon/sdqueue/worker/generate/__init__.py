@@ -2,7 +2,7 @@
 
 # Sets the libraries' log levels before anything below imports them.
 from sdqueue.worker.generate import _quiet as _quiet
-from sdqueue.worker.generate._diffusers import load_generator
+from sdqueue.worker.generate._diffusers import load_generator, warm_up
 from sdqueue.worker.generate._runtime import describe_runtime
 from sdqueue.worker.generate._schedulers import SCHEDULERS
 from sdqueue.worker.generate._spec import BatchKey, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
@@ -19,4 +19,5 @@ __all__ = [
     "describe_runtime",
     "ensure_tiny_model",
     "load_generator",
+    "warm_up",
 ]

@@ -43,10 +43,47 @@ def load_generator(source: str, *, runtime: RuntimeSettings) -> ImageGenerator:
         # It blacks out images silently (at random, on random weights); moderation belongs before the queue.
         text2img.safety_checker = None
     text2img.to(device)
-    if runtime.attention_slicing:
-        text2img.enable_attention_slicing()
+    apply_speed_options(text2img, runtime=runtime)
     img2img = AutoPipelineForImage2Image.from_pipe(text2img)
     return DiffusersGenerator({"txt2img": text2img, "img2img": img2img}, device=device)
+
+
+def apply_speed_options(pipeline: Any, *, runtime: RuntimeSettings) -> None:
+    """Switch on the configured memory and speed options; each is measured in docs/benchmarks.md."""
+    if runtime.attention_slicing:
+        pipeline.enable_attention_slicing()
+    if runtime.channels_last:
+        pipeline.unet.to(memory_format=torch.channels_last)
+        pipeline.vae.to(memory_format=torch.channels_last)
+    if runtime.fuse_qkv:
+        pipeline.fuse_qkv_projections()
+    if runtime.vae_slicing:
+        pipeline.vae.enable_slicing()
+    if runtime.vae_tiling:
+        pipeline.vae.enable_tiling()
+    if runtime.compile_mode != "off":
+        pipeline.unet = torch.compile(pipeline.unet, mode=runtime.compile_mode)
+
+
+def warm_up(generator: ImageGenerator, *, runtime: RuntimeSettings) -> None:
+    """Run one small generation so the first job pays no lazy initialisation or compile; blocks."""
+    if runtime.warmup_steps == 0:
+        return
+    size = runtime.warmup_size_px
+    spec = GenerationSpec(
+        mode="txt2img",
+        prompt="warm-up",
+        negative_prompt="",
+        width=size,
+        height=size,
+        steps=runtime.warmup_steps,
+        guidance_scale=7.5,
+        seeds=(0,),
+        scheduler=None,
+        strength=0.75,
+        init_image=None,
+    )
+    generator.generate(spec)
 
 
 class DiffusersGenerator:

@@ -1,0 +1,102 @@
+"""One subscription to `sdqueue.events` (`job.#`), fanned out to the requests that follow a job.
+
+The latest non-terminal event per job is kept in a bounded cache: a cache of the event stream, not job state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError
+from pydantic import ValidationError
+
+from sdqueue.client import BrokerUnavailable
+from sdqueue.config import BrokerSettings
+from sdqueue.contracts import JobEvent, parse_event
+from sdqueue.contracts.topology import EVENTS_EXCHANGE
+
+log = logging.getLogger(__name__)
+
+ALL_JOBS = "job.#"
+HUB_QUEUE_PREFIX = "sdqueue.bridge."
+
+
+class EventHub:
+    """Receives every job event once and hands it to each subscriber of that job."""
+
+    def __init__(self, *, cache_size: int) -> None:
+        self._cache_size = cache_size
+        self._latest: OrderedDict[str, JobEvent] = OrderedDict()
+        self._subscribers: dict[str, set[asyncio.Queue[JobEvent]]] = {}
+        self._connection: AbstractRobustConnection | None = None
+
+    async def start(self, broker: BrokerSettings, *, queue_name: str) -> None:
+        """Connect and bind a private queue to every job's events.
+
+        Raises:
+            BrokerUnavailable: the broker could not be reached in time.
+        """
+        try:
+            async with asyncio.timeout(broker.connect_timeout_s):
+                self._connection = await aio_pika.connect_robust(
+                    broker.url.get_secret_value(), heartbeat=broker.heartbeat_s
+                )
+                channel = await self._connection.channel()
+                exchange = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+                queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
+                await queue.bind(exchange, routing_key=ALL_JOBS)
+                await queue.consume(self._on_message, no_ack=True)
+        except (AMQPError, OSError, TimeoutError) as exc:
+            await self.close()
+            raise BrokerUnavailable("could not subscribe to job events") from exc
+
+    async def close(self) -> None:
+        """Close the subscription's connection."""
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @property
+    def is_connected(self) -> bool:
+        """Whether the subscription's connection is open."""
+        return self._connection is not None and not self._connection.is_closed
+
+    def latest(self, job_id: str) -> JobEvent | None:
+        """The last event seen for a job, if it is still cached."""
+        return self._latest.get(job_id)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: str) -> AsyncIterator[asyncio.Queue[JobEvent]]:
+        """A queue that receives the job's events while the context is open."""
+        queue: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._subscribers.setdefault(job_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            subscribers = self._subscribers.get(job_id, set())
+            subscribers.discard(queue)
+            if not subscribers:
+                self._subscribers.pop(job_id, None)
+
+    def dispatch(self, event: JobEvent) -> None:
+        """Cache the event and hand it to the job's subscribers."""
+        self._latest[event.job_id] = event
+        self._latest.move_to_end(event.job_id)
+        while len(self._latest) > self._cache_size:
+            self._latest.popitem(last=False)
+        for queue in self._subscribers.get(event.job_id, ()):
+            queue.put_nowait(event)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            event = parse_event(message.body)
+        except ValidationError:
+            log.warning("ignoring a message on %s that is not an sdqueue event", EVENTS_EXCHANGE)
+            return
+        self.dispatch(event)

@@ -1,0 +1,134 @@
+"""What the bridge writes to the bucket about the jobs it submits: one small marker per job, under its owner.
+
+`bridge/users/<owner>/jobs/<job_id>.json`. A job is a caller's exactly when its marker exists under that caller,
+so ownership and history survive a restart. Job ids begin with a reversed timestamp, so a plain listing of a
+caller's prefix returns the newest jobs first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from botocore.exceptions import BotoCoreError
+from botocore.exceptions import ClientError as BotoClientError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from sdqueue.client import StorageUnavailable
+from sdqueue.config import S3Settings
+from sdqueue.contracts import Mode
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+MARKER_PREFIX = "bridge/users"
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# 2^44 ms is about the year 2527: the reversed timestamp stays 11 hex digits long until then.
+REVERSE_EPOCH_MS = 2**44
+MAX_MARKER_BYTES = 64 * 1024
+T = TypeVar("T")
+
+
+class JobMarker(BaseModel):
+    """The bridge's note about a job it submitted: who owns it and what was asked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    owner: str
+    mode: Mode
+    prompt: str = Field(max_length=4000)
+    model: str
+    width: int
+    height: int
+    steps: int
+    created_at: AwareDatetime
+
+
+def new_bridge_job_id(*, now_s: float | None = None) -> str:
+    """A fresh job id whose text sorts newest first: reversed milliseconds, then randomness."""
+    now_ms = int((time.time() if now_s is None else now_s) * 1000)
+    return f"{REVERSE_EPOCH_MS - now_ms:011x}-{uuid.uuid4().hex}"
+
+
+def marker_key(owner: str, job_id: str) -> str:
+    """The marker's object key (user names are restricted to key-safe characters)."""
+    return f"{MARKER_PREFIX}/{owner}/jobs/{job_id}.json"
+
+
+async def put_marker(marker: JobMarker, *, s3: S3Settings, client: S3Client) -> None:
+    """Store a job's marker.
+
+    Raises:
+        StorageUnavailable: the bucket refused or did not answer.
+    """
+    body = marker.model_dump_json().encode()
+    key = marker_key(marker.owner, marker.job_id)
+    await _call(lambda: client.put_object(Bucket=s3.bucket, Key=key, Body=body, ContentType="application/json"))
+
+
+async def delete_marker(owner: str, job_id: str, *, s3: S3Settings, client: S3Client) -> None:
+    """Remove a job's marker (a job the broker refused).
+
+    Raises:
+        StorageUnavailable: the bucket refused or did not answer.
+    """
+    await _call(lambda: client.delete_object(Bucket=s3.bucket, Key=marker_key(owner, job_id)))
+
+
+async def get_marker(owner: str, job_id: str, *, s3: S3Settings, client: S3Client) -> JobMarker | None:
+    """The caller's marker for a job, or None when the job is not the caller's (or does not exist).
+
+    Raises:
+        StorageUnavailable: the bucket refused or did not answer.
+    """
+
+    def read() -> bytes | None:
+        try:
+            response = client.get_object(Bucket=s3.bucket, Key=marker_key(owner, job_id))
+        except BotoClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
+                return None
+            raise
+        return response["Body"].read(MAX_MARKER_BYTES)
+
+    data = await _call(read)
+    return None if data is None else _parse(data)
+
+
+async def recent_job_ids(owner: str, *, limit: int, s3: S3Settings, client: S3Client) -> list[str]:
+    """The caller's newest job ids, newest first.
+
+    Raises:
+        StorageUnavailable: the bucket refused or did not answer.
+    """
+    prefix = f"{MARKER_PREFIX}/{owner}/jobs/"
+    response = await _call(lambda: client.list_objects_v2(Bucket=s3.bucket, Prefix=prefix, MaxKeys=limit))
+    keys = [entry.get("Key", "") for entry in response.get("Contents", [])]
+    return sorted(key.removeprefix(prefix).removesuffix(".json") for key in keys if key)
+
+
+async def bucket_is_reachable(*, s3: S3Settings, client: S3Client) -> bool:
+    """Whether the bucket answers a HEAD request."""
+    try:
+        await _call(lambda: client.head_bucket(Bucket=s3.bucket))
+    except StorageUnavailable:
+        return False
+    return True
+
+
+def _parse(data: bytes) -> JobMarker | None:
+    try:
+        return JobMarker.model_validate_json(data)
+    except ValidationError:
+        return None
+
+
+async def _call(call: Callable[[], T]) -> T:
+    try:
+        return await asyncio.to_thread(call)
+    except (BotoCoreError, BotoClientError) as exc:
+        raise StorageUnavailable("the bucket did not answer") from exc

@@ -1,0 +1,198 @@
+"""The bridge's HTTP bodies: what callers send and what they get back, with OpenAPI examples."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from sdqueue.contracts import MAX_SEED, OutputFormat, TerminalEvent
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=1024)]
+
+
+class GenerationParams(BaseModel):
+    """The request fields a caller chooses (the bridge assigns `job_id`, `mode` and the init image key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    model: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "default"
+    prompt: Prompt
+    negative_prompt: Annotated[str, StringConstraints(max_length=4000)] = ""
+    width: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] = 512
+    height: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] = 512
+    steps: Annotated[int, Field(ge=1, le=150)] = 25
+    guidance_scale: Annotated[float, Field(ge=0, le=30)] = 7.5
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
+    num_images: Annotated[int, Field(ge=1, le=8)] = 1
+    scheduler: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
+    output_format: OutputFormat = "png"
+
+
+class Txt2ImgBody(GenerationParams):
+    """`POST /v1/txt2img`: the generation request's fields, without `job_id`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"prompt": "a dog with a hat", "width": 512, "height": 512, "steps": 25, "seed": 42}]
+        }
+    )
+
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] = Field(default_factory=dict)
+
+
+class Img2ImgForm(GenerationParams):
+    """`POST /v1/img2img` form fields (the `image` file travels next to them)."""
+
+    # The file part arrives in the same form data, so other fields cannot be forbidden here.
+    model_config = ConfigDict(extra="ignore")
+
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.75
+
+
+class JobLinks(BaseModel):
+    """Where to follow a job."""
+
+    status: str
+    wait: str
+    events: str
+    cancel: str
+
+
+class JobAccepted(BaseModel):
+    """The answer to a submitted job: `202`, its id and links."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11",
+                    "status": "queued",
+                    "links": {
+                        "status": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11",
+                        "wait": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/wait",
+                        "events": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/events",
+                        "cancel": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/cancel",
+                    },
+                }
+            ]
+        }
+    )
+
+    job_id: str
+    status: Literal["queued"] = "queued"
+    links: JobLinks
+
+
+class Progress(BaseModel):
+    """The latest finished denoising step of a running job."""
+
+    step: int
+    steps: int
+
+
+class JobStatus(BaseModel):
+    """A job as the caller sees it: queued, running (with progress) or its terminal record in `result`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "job_id": "0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11",
+                    "status": "running",
+                    "mode": "txt2img",
+                    "prompt": "a dog with a hat",
+                    "created_at": "2026-01-01T12:00:00Z",
+                    "progress": {"step": 10, "steps": 25},
+                    "result": None,
+                    "links": {
+                        "status": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11",
+                        "wait": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/wait",
+                        "events": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/events",
+                        "cancel": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/cancel",
+                    },
+                }
+            ]
+        }
+    )
+
+    job_id: str
+    status: JobState
+    mode: Literal["txt2img", "img2img"]
+    prompt: str
+    created_at: AwareDatetime
+    progress: Progress | None = None
+    result: TerminalEvent | None = None
+    links: JobLinks
+
+
+class JobList(BaseModel):
+    """The caller's recent jobs, newest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"jobs": []}]})
+
+    jobs: list[JobStatus]
+
+
+class CancelAccepted(BaseModel):
+    """The cancel command was sent to the workers; the job's terminal event will say `cancelled`."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"job_id": "0e3c1a2b9f0-4f1c", "status": "cancelling"}]})
+
+    job_id: str
+    status: Literal["cancelling"] = "cancelling"
+
+
+class TokenResponse(BaseModel):
+    """The OAuth2 password flow's answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"access_token": "eyJhbGciOiJIUzI1NiJ9...", "token_type": "bearer"}]}
+    )
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105  # the OAuth2 token type, not a secret
+    expires_in: int
+
+
+class Health(BaseModel):
+    """Liveness or readiness, with each dependency's state."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ok", "checks": {"broker": True, "storage": True}}]}
+    )
+
+    status: Literal["ok"]
+    checks: dict[str, bool] = Field(default_factory=dict)
+
+
+class TextoBody(BaseModel):
+    """The original API's `POST /generar-imagen-texto` body."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"texto": "a dog with a hat"}]})
+
+    texto: Prompt
+
+
+class SignupBody(BaseModel):
+    """The original API's `POST /registrar_usuario` body."""
+
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={"examples": [{"correo": "ana@example.com", "contraseña": "correct horse battery"}]},
+    )
+
+    correo: Annotated[str, StringConstraints(min_length=3, max_length=64)]
+    contrasena: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(alias="contraseña")
+
+
+class SignupDone(BaseModel):
+    """A user was created."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"usuario": "ana@example.com", "creado": True}]})
+
+    usuario: str
+    creado: bool = True

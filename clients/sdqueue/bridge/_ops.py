@@ -1,0 +1,69 @@
+"""Liveness, readiness and Prometheus metrics, plus the middleware that counts requests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sdqueue.bridge._errors import UNAVAILABLE, ErrorBody, error_response
+from sdqueue.bridge._markers import bucket_is_reachable
+from sdqueue.bridge._models import Health
+from sdqueue.bridge._state import BridgeState, Metrics, get_state
+
+State = Annotated[BridgeState, Depends(get_state)]
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody, "description": "not ready"}})
+async def readyz(state: State) -> Health | Response:
+    """Readiness: the broker subscription is up and the bucket answers."""
+    checks = {"broker": state.hub.is_connected, "storage": await _storage_ready(state)}
+    if not all(checks.values()):
+        down = ", ".join(name for name, is_up in checks.items() if not is_up)
+        return error_response(UNAVAILABLE, f"not ready: {down} unreachable")
+    return Health(status="ok", checks=checks)
+
+
+async def _storage_ready(state: BridgeState) -> bool:
+    try:
+        async with asyncio.timeout(state.settings.bridge.readiness_timeout_s):
+            return await bucket_is_reachable(s3=state.settings.s3, client=state.s3)
+    except TimeoutError:
+        return False
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+)
+async def metrics(state: State) -> Response:
+    """Prometheus metrics in the text exposition format."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def count_requests(
+    metrics: Metrics,
+) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    """HTTP middleware that counts answers and times them, by route template (never by raw path)."""
+
+    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.latency.labels(method=request.method, route=route).observe(time.perf_counter() - started)
+        metrics.requests.labels(method=request.method, route=route, status=str(response.status_code)).inc()
+        return response
+
+    return middleware

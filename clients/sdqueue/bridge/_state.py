@@ -1,0 +1,101 @@
+"""What the bridge holds while it runs: one client, one event hub, the user store and the metrics."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sdqueue.bridge._hub import HUB_QUEUE_PREFIX, EventHub
+from sdqueue.bridge._users import UserStore
+from sdqueue.client import ClientError, SdqueueClient
+from sdqueue.config import Settings, make_s3_client
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+
+class BridgeConfigError(ClientError):
+    """The settings lack what the bridge needs to start."""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The bridge's Prometheus metrics, in a registry of its own."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    jobs: Counter
+    streams: Gauge
+
+
+@dataclass(frozen=True)
+class BridgeState:
+    """Everything a route needs; built by the lifespan, closed at shutdown."""
+
+    settings: Settings
+    client: SdqueueClient
+    hub: EventHub
+    users: UserStore
+    s3: S3Client
+    metrics: Metrics
+
+
+def make_metrics() -> Metrics:
+    """Fresh metrics in their own registry (several apps may live in one process)."""
+    registry = CollectorRegistry()
+    return Metrics(
+        registry=registry,
+        requests=Counter(
+            "sdqueue_bridge_requests", "HTTP requests answered.", ["method", "route", "status"], registry=registry
+        ),
+        latency=Histogram(
+            "sdqueue_bridge_request_seconds", "Time to answer, headers sent.", ["method", "route"], registry=registry
+        ),
+        jobs=Counter("sdqueue_bridge_jobs_submitted", "Jobs published to the queue.", ["mode"], registry=registry),
+        streams=Gauge("sdqueue_bridge_event_streams", "Open Server-Sent Events streams.", registry=registry),
+    )
+
+
+def check_settings(settings: Settings) -> None:
+    """Raises BridgeConfigError when a secret the bridge needs is missing."""
+    if settings.bridge.token_secret is None:
+        raise BridgeConfigError("set SDQUEUE_BRIDGE__TOKEN_SECRET (at least 32 bytes) to sign access tokens")
+    if settings.auth.hs256_secret is None:
+        raise BridgeConfigError("set SDQUEUE_AUTH__HS256_SECRET: the bridge signs each request it publishes")
+
+
+@asynccontextmanager
+async def open_state(settings: Settings, *, metrics: Metrics) -> AsyncIterator[BridgeState]:
+    """Connect the client and the event hub; close both on exit.
+
+    Raises:
+        BridgeConfigError, BrokerUnavailable: the bridge cannot start.
+    """
+    check_settings(settings)
+    hub = EventHub(cache_size=settings.bridge.progress_cache_size)
+    async with SdqueueClient(settings, subject="sdqueue-bridge") as client:
+        await hub.start(settings.broker, queue_name=f"{HUB_QUEUE_PREFIX}{uuid.uuid4().hex}")
+        try:
+            yield BridgeState(
+                settings=settings,
+                client=client,
+                hub=hub,
+                users=UserStore(settings.users_file),
+                s3=make_s3_client(settings.s3),
+                metrics=metrics,
+            )
+        finally:
+            await hub.close()
+
+
+def get_state(request: Request) -> BridgeState:
+    """The running bridge's state (FastAPI dependency)."""
+    state: BridgeState = request.app.state.bridge
+    return state

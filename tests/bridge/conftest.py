@@ -1,0 +1,162 @@
+"""The bridge against the real stack: in-process (httpx over ASGI, lifespan run) and as a `sdqueue bridge` process."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from PIL import Image
+from pydantic import SecretStr
+
+from sdqueue.bridge import UserStore, create_app
+from sdqueue.client import SdqueueClient
+from sdqueue.config import BridgeSettings, LimitSettings, Settings
+from sdqueue.devstack.stack import stop_process, worker_environment
+
+PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22"}
+BRIDGE_READY_TIMEOUT_S = 30.0
+# Bridge-side caps (the worker keeps its own). The in-process bridge allows a slow job to cancel; the HTTP server
+# that schemathesis explores allows only quick ones.
+BRIDGE_LIMITS = LimitSettings(max_pixels=256 * 256, max_steps=150, max_images=2)
+LIVE_LIMITS = LimitSettings(max_pixels=128 * 128, max_steps=60, max_images=2)
+
+
+def make_bridge_settings(stack_settings: Settings, *, users_file: Path, allow_signup: bool = False) -> Settings:
+    """The stack's settings plus a bridge group for tests: tiny compat images, small uploads, short waits."""
+    bridge = BridgeSettings(
+        host="127.0.0.1",
+        port=free_port(),
+        token_secret=SecretStr(secrets.token_urlsafe(40)),
+        users_file=users_file,
+        allow_signup=allow_signup,
+        max_upload_bytes=256 * 1024,
+        max_wait_s=60.0,
+        compat_width=64,
+        compat_height=64,
+        compat_steps=2,
+    )
+    return stack_settings.model_copy(update={"bridge": bridge, "limits": BRIDGE_LIMITS})
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def png_bytes(size: int = 64, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    """A small valid PNG."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's user store, with alice and bob."""
+    path = tmp_path_factory.mktemp("bridge") / "users.json"
+    store = UserStore(path)
+    for name, password in PASSWORDS.items():
+        store.add(name, password)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bridge_settings(stack_settings: Settings, users_file: Path) -> Settings:
+    """Settings of the session's bridge."""
+    return make_bridge_settings(stack_settings, users_file=users_file)
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A bridge app with its lifespan running, and an httpx client that talks to it in-process."""
+    app: FastAPI = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bridge", timeout=90.0) as http:
+            yield http
+
+
+@pytest_asyncio.fixture(scope="session")
+async def api(bridge_settings: Settings, client: SdqueueClient) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process bridge for the session (the worker is ready: `client` waited for it)."""
+    async with running_app(bridge_settings) as http:
+        yield http
+
+
+async def sign_in(http: httpx.AsyncClient, username: str) -> dict[str, str]:
+    """Authorization headers for a test user, from `POST /token`."""
+    response = await http.post("/token", data={"username": username, "password": PASSWORDS[username]})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+@pytest_asyncio.fixture(scope="session")
+async def alice(api: httpx.AsyncClient) -> dict[str, str]:
+    """alice's bearer header."""
+    return await sign_in(api, "alice")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def bob(api: httpx.AsyncClient) -> dict[str, str]:
+    """bob's bearer header."""
+    return await sign_in(api, "bob")
+
+
+@dataclass(frozen=True)
+class LiveBridge:
+    """A `python -m sdqueue bridge` process and its base URL."""
+
+    url: str
+    settings: Settings
+    log_path: Path
+
+
+@pytest.fixture(scope="session")
+def live_bridge(
+    bridge_settings: Settings, client: SdqueueClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveBridge]:
+    """The bridge as a real HTTP server (uvicorn), for schemathesis and the browser."""
+    log_path = tmp_path_factory.mktemp("bridge-process") / "bridge.log"
+    bridge_settings = bridge_settings.model_copy(update={"limits": LIVE_LIMITS})
+    url = f"http://{bridge_settings.bridge.host}:{bridge_settings.bridge.port}"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sdqueue", "bridge"],
+            env=worker_environment(bridge_settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_ready(url, process, log_path)
+            yield LiveBridge(url=url, settings=bridge_settings, log_path=log_path)
+        finally:
+            stop_process(process, timeout_s=15.0)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + BRIDGE_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the bridge exited {process.returncode}:\n{log_path.read_text(errors='replace')}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the bridge never became ready:\n{log_path.read_text(errors='replace')}")

@@ -1,0 +1,257 @@
+"""The `/token` and `/v1` routes against the real broker, SeaweedFS and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from sdqueue.bridge import issue_access_token
+from sdqueue.config import Settings
+from tests.bridge.conftest import png_bytes
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
+
+TINY = {"width": 64, "height": 64, "steps": 2}
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert body["error"]["code"] == code
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+
+
+async def submit(api: httpx.AsyncClient, headers: dict[str, str], **fields: Any) -> str:
+    response = await api.post("/v1/txt2img", json={"prompt": "a red cube", **TINY, **fields}, headers=headers)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    assert body["links"]["status"] == f"/v1/jobs/{body['job_id']}"
+    job_id: str = body["job_id"]
+    return job_id
+
+
+async def wait(api: httpx.AsyncClient, headers: dict[str, str], job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    response = await api.get(f"/v1/jobs/{job_id}/wait", params={"timeout": timeout_s}, headers=headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_bad_credentials_are_refused(api: httpx.AsyncClient):
+    wrong = await api.post("/token", data={"username": "alice", "password": "not-her-password"})
+    unknown = await api.post("/token", data={"username": "mallory", "password": "whatever-it-is"})
+
+    assert_error(wrong, 401, "unauthenticated")
+    assert_error(unknown, 401, "unauthenticated")
+
+
+async def test_token_answers_the_oauth2_shape(api: httpx.AsyncClient):
+    response = await api.post("/token", data={"username": "alice", "password": "alice-password-1"})
+
+    assert response.status_code == 200
+    assert response.json()["token_type"] == "bearer"
+    assert response.json()["access_token"].count(".") == 2
+
+
+async def test_routes_need_a_token(api: httpx.AsyncClient):
+    assert_error(await api.post("/v1/txt2img", json={"prompt": "x"}), 401, "unauthenticated")
+    assert_error(await api.get("/v1/jobs"), 401, "unauthenticated")
+    bad = await api.get("/v1/jobs", headers={"Authorization": "Bearer not.a.token"})
+    assert_error(bad, 401, "invalid_token")
+
+
+async def test_expired_bridge_token_is_refused(api: httpx.AsyncClient, bridge_settings: Settings):
+    old = issue_access_token("alice", bridge=bridge_settings.bridge, now=time.time() - 2 * 86400)
+
+    response = await api.get("/v1/jobs", headers={"Authorization": f"Bearer {old}"})
+
+    assert_error(response, 401, "token_expired")
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_txt2img_status_wait_redirect_and_history(api: httpx.AsyncClient, alice: dict[str, str]):
+    job_id = await submit(api, alice, seed=7)
+
+    status = await api.get(f"/v1/jobs/{job_id}", headers=alice)
+    assert status.status_code == 200
+    assert status.json()["status"] in {"queued", "running", "succeeded"}
+    done = await wait(api, alice, job_id)
+    assert done["status"] == "succeeded"
+    image = done["result"]["images"][0]
+    assert image["seed"] == 7
+    redirect = await api.get(f"/v1/jobs/{job_id}/images/0", headers=alice)
+    assert redirect.status_code == 307
+    assert redirect.headers["location"] == image["url"]
+    async with httpx.AsyncClient() as plain:
+        assert (await plain.get(redirect.headers["location"])).content.startswith(b"\x89PNG")
+    history = (await api.get("/v1/jobs", headers=alice)).json()["jobs"]
+    assert history[0]["job_id"] == job_id
+    assert history[0]["status"] == "succeeded"
+
+
+async def test_wait_times_out_with_the_current_status(api: httpx.AsyncClient, alice: dict[str, str]):
+    job_id = await submit(api, alice, width=128, height=128, steps=20)
+
+    early = await wait(api, alice, job_id, timeout_s=0)
+
+    assert early["status"] in {"queued", "running"}
+    assert (await wait(api, alice, job_id))["status"] == "succeeded"
+
+
+async def test_events_stream_progress_before_the_terminal_event(api: httpx.AsyncClient, alice: dict[str, str]):
+    job_id = await submit(api, alice, width=128, height=128, steps=30)
+
+    response = await api.get(f"/v1/jobs/{job_id}/events", headers=alice)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
+    types = [event["type"] for event in events]
+    assert types[-1] == "succeeded"
+    assert "progress" in types[:-1]
+    assert types.count("succeeded") == 1
+
+
+async def test_img2img_uploads_the_init_image(api: httpx.AsyncClient, alice: dict[str, str], s3_client: S3Client):
+    response = await api.post(
+        "/v1/img2img",
+        data={"prompt": "a blue sphere", "strength": "0.6", **{key: str(value) for key, value in TINY.items()}},
+        files={"image": ("init.png", png_bytes(), "image/png")},
+        headers=alice,
+    )
+
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    done = await wait(api, alice, job_id)
+    assert done["status"] == "succeeded", done
+    assert done["mode"] == "img2img"
+    bucket = api_bucket(s3_client, job_id)
+    assert bucket == [f"inputs/{job_id}/init.png"]
+
+
+def api_bucket(s3_client: S3Client, job_id: str) -> list[str]:
+    from tests.plugins.services import TEST_BUCKET
+
+    listing = s3_client.list_objects_v2(Bucket=TEST_BUCKET, Prefix=f"inputs/{job_id}/")
+    return [entry.get("Key", "") for entry in listing.get("Contents", [])]
+
+
+async def test_non_image_upload_is_invalid_image(api: httpx.AsyncClient, alice: dict[str, str]):
+    response = await api.post(
+        "/v1/img2img",
+        data={"prompt": "x", **{key: str(value) for key, value in TINY.items()}},
+        files={"image": ("notes.png", b"this is not a picture at all", "image/png")},
+        headers=alice,
+    )
+
+    assert_error(response, 400, "invalid_image")
+
+
+async def test_oversized_upload_is_image_too_large(
+    api: httpx.AsyncClient, alice: dict[str, str], bridge_settings: Settings
+):
+    too_big = png_bytes() + b"\0" * bridge_settings.bridge.max_upload_bytes
+
+    response = await api.post(
+        "/v1/img2img",
+        data={"prompt": "x"},
+        files={"image": ("big.png", too_big, "image/png")},
+        headers=alice,
+    )
+
+    assert_error(response, 413, "image_too_large")
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code"),
+    [
+        ({"width": 65}, 400, "invalid_request"),
+        ({"prompt": ""}, 400, "invalid_request"),
+        ({"unknown_field": 1}, 400, "invalid_request"),
+        ({"steps": 151}, 400, "invalid_request"),
+        ({"width": 512, "height": 512}, 422, "limits_exceeded"),
+        ({"num_images": 3}, 422, "limits_exceeded"),
+        ({"model": "no-such-model"}, 404, "unknown_model"),
+    ],
+)
+async def test_bad_requests_get_the_contract_codes(
+    api: httpx.AsyncClient, alice: dict[str, str], fields: dict[str, Any], status: int, code: str
+):
+    response = await api.post("/v1/txt2img", json={"prompt": "x", **TINY, **fields}, headers=alice)
+
+    assert_error(response, status, code)
+
+
+async def test_another_users_job_is_invisible(api: httpx.AsyncClient, alice: dict[str, str], bob: dict[str, str]):
+    job_id = await submit(api, alice)
+    await wait(api, alice, job_id)
+
+    for method, path in [
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("GET", f"/v1/jobs/{job_id}/wait?timeout=0"),
+        ("GET", f"/v1/jobs/{job_id}/events"),
+        ("GET", f"/v1/jobs/{job_id}/images/0"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+    ]:
+        assert_error(await api.request(method, path, headers=bob), 404, "not_found")
+    assert job_id not in [job["job_id"] for job in (await api.get("/v1/jobs", headers=bob)).json()["jobs"]]
+
+
+async def test_unknown_job_is_not_found(api: httpx.AsyncClient, alice: dict[str, str]):
+    assert_error(await api.get("/v1/jobs/nope", headers=alice), 404, "not_found")
+
+
+async def test_health_readiness_and_metrics(api: httpx.AsyncClient):
+    assert (await api.get("/healthz")).json()["status"] == "ok"
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"broker": True, "storage": True}
+    metrics = await api.get("/metrics")
+    assert metrics.status_code == 200
+    assert "sdqueue_bridge_requests_total" in metrics.text
+
+
+async def test_web_page_is_served(api: httpx.AsyncClient):
+    response = await api.get("/")
+
+    assert response.status_code == 200
+    assert "EventSource cannot" in response.text
+
+
+async def test_cancel_a_queued_and_a_running_job(api: httpx.AsyncClient, alice: dict[str, str]):
+    running = await submit(api, alice, width=256, height=256, steps=150)
+    queued = await submit(api, alice)
+    await _wait_until_running(api, alice, running)
+
+    cancel_queued = await api.post(f"/v1/jobs/{queued}/cancel", headers=alice)
+    cancel_running = await api.post(f"/v1/jobs/{running}/cancel", headers=alice)
+
+    assert cancel_queued.status_code == 202, cancel_queued.text
+    assert cancel_running.json() == {"job_id": running, "status": "cancelling"}
+    stopped = await wait(api, alice, running)
+    skipped = await wait(api, alice, queued)
+    assert stopped["status"] == "cancelled", stopped
+    assert stopped["result"]["error"]["code"] == "cancelled"
+    assert skipped["status"] == "cancelled", skipped
+    again = await api.post(f"/v1/jobs/{running}/cancel", headers=alice)
+    assert_error(again, 409, "conflict")
+
+
+async def _wait_until_running(api: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = (await api.get(f"/v1/jobs/{job_id}", headers=headers)).json()
+        if status["status"] == "running" and status["progress"]["step"] > 0:
+            return
+        assert status["status"] in {"queued", "running"}, status
+        await asyncio.sleep(0.05)
+    pytest.fail(f"job {job_id} never started")

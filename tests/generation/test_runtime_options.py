@@ -1,0 +1,60 @@
+"""The speed and memory switches of RuntimeSettings load and generate on the real tiny pipeline (CPU).
+
+They change the arithmetic order, so images may move by a few levels; they must not change what is drawn.
+torch.compile is exercised on CUDA only (marked gpu): on this CPU it compiles for minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdqueue.config import RuntimeSettings
+from sdqueue.worker.generate import GenerationSpec, load_generator
+
+SPEC = GenerationSpec(
+    mode="txt2img",
+    prompt="a lighthouse",
+    negative_prompt="",
+    width=96,
+    height=64,
+    steps=3,
+    guidance_scale=7.5,
+    seeds=(5, 6),
+    scheduler=None,
+    strength=0.75,
+    init_image=None,
+)
+BASE = RuntimeSettings(device="cpu", threads=2, warmup_steps=0)
+
+
+def _pixels(source: Path, runtime: RuntimeSettings) -> np.ndarray:
+    images = load_generator(str(source), runtime=runtime).generate(SPEC).images
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_model_dir: Path) -> np.ndarray:
+    return _pixels(tiny_model_dir, BASE)
+
+
+@pytest.mark.parametrize("option", ["channels_last", "fuse_qkv", "vae_slicing", "vae_tiling", "attention_slicing"])
+def test_option_keeps_the_picture(option: str, tiny_model_dir: Path, baseline: np.ndarray):
+    pixels = _pixels(tiny_model_dir, BASE.model_copy(update={option: True}))
+
+    assert pixels.shape == baseline.shape == (2, 64, 96, 3)
+    assert np.abs(pixels - baseline).max() <= 4
+    assert np.abs(pixels - baseline).mean() < 0.5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_unet_keeps_the_picture_on_cuda(tiny_model_dir: Path):
+    cuda = RuntimeSettings(device="cuda", dtype="float16", warmup_steps=0)
+    plain = _pixels(tiny_model_dir, cuda)
+    compiled = _pixels(tiny_model_dir, cuda.model_copy(update={"compile_mode": "default", "channels_last": True}))
+
+    assert np.abs(plain - compiled).mean() < 2.0
