@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from sdqueue.client import SdqueueClient
 from sdqueue.config import BatchSettings, BrokerSettings, RuntimeSettings, Settings
 from sdqueue.devstack import create_vhost, delete_vhost, ensure_rabbitmq
 from sdqueue.devstack.stack import start_storage, with_fresh_secrets
 from sdqueue.worker.generate import ensure_tiny_model
+
+
+async def _until_ready(settings: Settings) -> None:
+    async with SdqueueClient(settings, subject="bench") as client:
+        await client.wait_for_workers("default", timeout_s=180)
+
+
+def wait_until_ready(settings: Settings) -> None:
+    """Block until a worker consumes the default queue, so its start-up does not share the CPU with a round."""
+    asyncio.run(_until_ready(settings))
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._stack import bench_stack
+from bench._stack import bench_stack, wait_until_ready
 from sdqueue.client import SdqueueClient, new_job_id
 from sdqueue.config import Settings
 from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
@@ -82,10 +82,12 @@ def _request(seed: int) -> GenerationRequest:
 def main() -> float:
     """Alternate raw and queued rounds; print medians and the ratio to raw batch 1."""
     with (
-        bench_stack(threads=2, prefetch=BATCH, batch_images=BATCH) as settings,
+        # Prefetch two batches: the next one is already here while the last one is encoded, stored and acked.
+        bench_stack(threads=2, prefetch=2 * BATCH, batch_images=BATCH) as settings,
         (Path(settings.state_dir) / "worker.log").open("wb") as log,
     ):
         worker = start_worker(settings, log=log)
+        wait_until_ready(settings)
         try:
             raw_one, raw_batch, queued = [], [], []
             for round_index in range(ROUNDS):

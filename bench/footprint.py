@@ -22,17 +22,22 @@ from sdqueue.devstack.stack import start_worker, stop_process, worker_environmen
 STARTS = 3
 BATCH_SIZES = (1, 2, 4, 8)
 PEAK_RSS_PROBE = """
-import json, resource, sys
+import json, sys
 from sdqueue.config import RuntimeSettings
 from sdqueue.worker.generate import GenerationSpec, load_generator
 source, batch = sys.argv[1], int(sys.argv[2])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_kib():
+    # VmHWM restarts at exec; ru_maxrss would still count the parent's peak from before the fork.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+before = peak_kib()
 generator = load_generator(source, runtime=RuntimeSettings(device="cpu", threads=2))
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = peak_kib()
 spec = GenerationSpec(mode="txt2img", prompt="a cat", negative_prompt="", width=128, height=128, steps=20,
                       guidance_scale=7.5, seeds=tuple(range(batch)), scheduler=None, strength=0.75, init_image=None)
 generator.generate(spec)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = peak_kib()
 print(json.dumps({"imports_kib": before, "loaded_kib": loaded, "peak_kib": peak}))
 """
 

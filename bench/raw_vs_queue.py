@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._stack import bench_stack
+from bench._stack import bench_stack, wait_until_ready
 from sdqueue.client import SdqueueClient, new_job_id
 from sdqueue.config import Settings
 from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
@@ -79,6 +79,7 @@ def main() -> dict[str, float]:
     """Run the rounds and print each figure and the ratio of medians."""
     with bench_stack(threads=2, prefetch=2) as settings, (Path(settings.state_dir) / "worker.log").open("wb") as log:
         worker = start_worker(settings, log=log)
+        wait_until_ready(settings)
         try:
             raw, queued = [], []
             for round_index in range(ROUNDS):
