@@ -9,11 +9,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sdqueue.client import SdqueueClient
+from sdqueue.client import SdqueueClient, new_job_id
 from sdqueue.config import BatchSettings, BrokerSettings, RuntimeSettings, Settings
+from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
 from sdqueue.devstack import create_vhost, delete_vhost, ensure_rabbitmq
 from sdqueue.devstack.stack import start_storage, with_fresh_secrets
-from sdqueue.worker.generate import ensure_tiny_model
+from sdqueue.worker.generate import GenerationSpec, ensure_tiny_model
+
+PROMPT = "a lighthouse at dusk"
 
 
 async def _until_ready(settings: Settings) -> None:
@@ -47,3 +50,34 @@ def bench_stack(*, threads: int = 2, prefetch: int = 2, batch_images: int = 1) -
                 yield settings
         finally:
             delete_vhost(vhost)
+
+
+def txt2img_spec(*, seeds: tuple[int, ...], size_px: int, steps: int) -> GenerationSpec:
+    """The spec the bare loop runs: what the worker builds from `txt2img_request` with the same numbers."""
+    return GenerationSpec(
+        mode="txt2img",
+        prompt=PROMPT,
+        negative_prompt="",
+        width=size_px,
+        height=size_px,
+        steps=steps,
+        guidance_scale=7.5,
+        seeds=seeds,
+        scheduler=None,
+        strength=0.75,
+        init_image=None,
+    )
+
+
+def txt2img_request(*, seed: int, size_px: int, steps: int) -> GenerationRequest:
+    """The request sdqueue runs for the same work as `txt2img_spec` with one seed."""
+    return GenerationRequest(
+        schema_version=SCHEMA_VERSION,
+        job_id=new_job_id(),
+        mode="txt2img",
+        prompt=PROMPT,
+        width=size_px,
+        height=size_px,
+        steps=steps,
+        seed=seed,
+    )

@@ -13,70 +13,40 @@ import sys
 import time
 from pathlib import Path
 
-from bench._stack import bench_stack, wait_until_ready
-from sdqueue.client import SdqueueClient, new_job_id
+from bench._stack import bench_stack, txt2img_request, txt2img_spec, wait_until_ready
+from sdqueue.client import SdqueueClient
 from sdqueue.config import Settings
-from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
 from sdqueue.devstack.stack import start_worker, stop_process
-from sdqueue.worker.generate import GenerationSpec, load_generator
+from sdqueue.worker.generate import load_generator
 
 SIZE_PX, STEPS, JOBS, BATCH, ROUNDS = 128, 20, 32, 8, 3
 TARGET_RATIO = 2.0
 
 
-def _spec(seeds: tuple[int, ...]) -> GenerationSpec:
-    return GenerationSpec(
-        mode="txt2img",
-        prompt="a lighthouse at dusk",
-        negative_prompt="",
-        width=SIZE_PX,
-        height=SIZE_PX,
-        steps=STEPS,
-        guidance_scale=7.5,
-        seeds=seeds,
-        scheduler=None,
-        strength=0.75,
-        init_image=None,
-    )
-
-
 def raw_rates(settings: Settings) -> tuple[float, float]:
     """(images/s one at a time, images/s in batches of BATCH) for the bare pipeline call."""
     generator = load_generator(settings.model_sources()["default"], runtime=settings.runtime)
-    generator.generate(_spec((10_000,)))
+    generator.generate(txt2img_spec(seeds=(10_000,), size_px=SIZE_PX, steps=STEPS))
     started = time.perf_counter()
     for seed in range(JOBS):
-        generator.generate(_spec((seed,)))
+        generator.generate(txt2img_spec(seeds=(seed,), size_px=SIZE_PX, steps=STEPS))
     one = JOBS / (time.perf_counter() - started)
     started = time.perf_counter()
     for first in range(0, JOBS, BATCH):
-        generator.generate(_spec(tuple(range(first, first + BATCH))))
+        generator.generate(txt2img_spec(seeds=tuple(range(first, first + BATCH)), size_px=SIZE_PX, steps=STEPS))
     return one, JOBS / (time.perf_counter() - started)
 
 
 async def queue_rate(settings: Settings) -> float:
     """Images/s through sdqueue, all JOBS published at once so the worker can batch them."""
     async with SdqueueClient(settings, subject="bench") as client:
-        await client.generate(_request(10_000), timeout_s=120)
-        requests = [_request(seed) for seed in range(JOBS)]
+        await client.generate(txt2img_request(seed=10_000, size_px=SIZE_PX, steps=STEPS), timeout_s=120)
+        requests = [txt2img_request(seed=seed, size_px=SIZE_PX, steps=STEPS) for seed in range(JOBS)]
         started = time.perf_counter()
         await asyncio.gather(*(client.submit(request) for request in requests))
         for request in requests:
             await client.wait(request.job_id, timeout_s=300)
         return JOBS / (time.perf_counter() - started)
-
-
-def _request(seed: int) -> GenerationRequest:
-    return GenerationRequest(
-        schema_version=SCHEMA_VERSION,
-        job_id=new_job_id(),
-        mode="txt2img",
-        prompt="a lighthouse at dusk",
-        width=SIZE_PX,
-        height=SIZE_PX,
-        steps=STEPS,
-        seed=seed,
-    )
 
 
 def main() -> float:

@@ -12,12 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench._stack import bench_stack, wait_until_ready
-from sdqueue.client import SdqueueClient, new_job_id
+from bench._stack import bench_stack, txt2img_request, txt2img_spec, wait_until_ready
+from sdqueue.client import SdqueueClient
 from sdqueue.config import Settings
-from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
 from sdqueue.devstack.stack import start_worker, stop_process
-from sdqueue.worker.generate import GenerationSpec, load_generator
+from sdqueue.worker.generate import load_generator
 
 SIZE_PX, STEPS, JOBS, ROUNDS = 256, 20, 12, 3
 TARGET_RATIO = 0.95
@@ -26,53 +25,26 @@ TARGET_RATIO = 0.95
 def raw_images_per_s(settings: Settings) -> float:
     """Images/s of the bare pipeline call, in this process, on the same model and settings as the worker."""
     generator = load_generator(settings.model_sources()["default"], runtime=settings.runtime)
-    generator.generate(_spec(seed=10_000))  # warm-up, as the worker's first job is not measured either
+    generator.generate(
+        txt2img_spec(seeds=(10_000,), size_px=SIZE_PX, steps=STEPS)
+    )  # warm-up, as the worker's first job is not measured either
     started = time.perf_counter()
     for seed in range(JOBS):
-        generator.generate(_spec(seed=seed))
+        generator.generate(txt2img_spec(seeds=(seed,), size_px=SIZE_PX, steps=STEPS))
     return JOBS / (time.perf_counter() - started)
 
 
 async def queue_images_per_s(settings: Settings) -> float:
     """Images/s from the first publish to the last succeeded event (each image already in the bucket)."""
     async with SdqueueClient(settings, subject="bench") as client:
-        await client.generate(_request(seed=10_000), timeout_s=120)  # warm-up
-        requests = [_request(seed=seed) for seed in range(JOBS)]
+        await client.generate(txt2img_request(seed=10_000, size_px=SIZE_PX, steps=STEPS), timeout_s=120)  # warm-up
+        requests = [txt2img_request(seed=seed, size_px=SIZE_PX, steps=STEPS) for seed in range(JOBS)]
         started = time.perf_counter()
         for request in requests:
             await client.submit(request)
         for request in requests:
             await client.wait(request.job_id, timeout_s=300)
         return JOBS / (time.perf_counter() - started)
-
-
-def _spec(*, seed: int) -> GenerationSpec:
-    return GenerationSpec(
-        mode="txt2img",
-        prompt="a lighthouse at dusk",
-        negative_prompt="",
-        width=SIZE_PX,
-        height=SIZE_PX,
-        steps=STEPS,
-        guidance_scale=7.5,
-        seeds=(seed,),
-        scheduler=None,
-        strength=0.75,
-        init_image=None,
-    )
-
-
-def _request(*, seed: int) -> GenerationRequest:
-    return GenerationRequest(
-        schema_version=SCHEMA_VERSION,
-        job_id=new_job_id(),
-        mode="txt2img",
-        prompt="a lighthouse at dusk",
-        width=SIZE_PX,
-        height=SIZE_PX,
-        steps=STEPS,
-        seed=seed,
-    )
 
 
 def main() -> dict[str, float]:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sdqueue.worker.generate.tiny import SCHEDULER_CONFIG, build_tokenizer, make_readable
+from sdqueue.worker.generate.tiny import build_tokenizer, save_pipeline
 
 UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
@@ -65,16 +65,4 @@ def build_sd15_random(path: Path, *, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet, vae, text_encoder = sd15_modules()
-    pipe = StableDiffusionPipeline(  # type: ignore[no-untyped-call]  # diffusers is partly annotated
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(SCHEDULER_CONFIG),  # type: ignore[no-untyped-call]  # diffusers
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path, safe_serialization=True)  # type: ignore[attr-defined]  # diffusers' lazy module
-    make_readable(path)
-    return path
+    return save_pipeline(path, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)

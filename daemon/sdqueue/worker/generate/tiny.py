@@ -41,6 +41,18 @@ def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae, text_encoder, unet = _build_vae(), _build_text_encoder(tokenizer), _build_unet()
+    return save_pipeline(path, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def save_pipeline(
+    path: Path,
+    *,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+) -> Path:
+    """Save the modules as an SD pipeline with SD 1.5's scheduler, in diffusers format, readable by all."""
     pipe = StableDiffusionPipeline(  # type: ignore[no-untyped-call]  # diffusers is partly annotated
         vae=vae,
         text_encoder=text_encoder,
