@@ -40,8 +40,16 @@ class _Item:
 class Batcher:
     """Gathers compatible specs for one model and runs them as one call; `generate` is what a job awaits."""
 
-    def __init__(self, generator: ImageGenerator, *, executor: ThreadPoolExecutor, batching: BatchSettings) -> None:
+    def __init__(
+        self,
+        generator: ImageGenerator,
+        *,
+        executor: ThreadPoolExecutor,
+        batching: BatchSettings,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self._generator = generator
+        self._on_batch = on_batch
         self._executor = executor
         self._batching = batching
         self._arrivals: asyncio.Queue[_Item] = asyncio.Queue()
@@ -107,6 +115,8 @@ class Batcher:
             for item in batch:
                 item.on_step(step, total)
 
+        if self._on_batch is not None:
+            self._on_batch(sum(len(item.spec.seeds) for item in batch))
         call = functools.partial(
             self._generator.generate_batch,
             [item.spec for item in batch],

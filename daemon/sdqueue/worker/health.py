@@ -1,7 +1,7 @@
-"""Liveness and readiness over plain HTTP on loopback, so an orchestrator can tell a stuck worker from a blocked one.
+"""Liveness, readiness and metrics over plain HTTP, so an orchestrator can tell a stuck worker from a blocked one.
 
 `/healthz` answers while the event loop runs; `/readyz` answers 200 only while the broker connection is up and
-the last storage probe succeeded.
+the last storage probe succeeded; `/metrics` is the Prometheus text of `WorkerMetrics`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 STORAGE_PROBE_INTERVAL_S = 2.0
 REQUEST_TIMEOUT_S = 5.0
+JSON = "application/json"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass
@@ -60,15 +62,16 @@ async def probe_storage(readiness: Readiness, *, client: S3Client, bucket: str) 
 
 
 @contextlib.asynccontextmanager
-async def serve_health(readiness: Readiness, *, host: str, port: int) -> AsyncIterator[int]:
-    """Serve `/healthz` and `/readyz` while the context is open; yields the bound port."""
+async def serve_health(
+    readiness: Readiness, *, metrics: Callable[[], bytes], host: str, port: int
+) -> AsyncIterator[int]:
+    """Serve `/healthz`, `/readyz` and `/metrics` while the context is open; yields the bound port."""
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 request_line = await reader.readline()
-            status, body = _respond(request_line, readiness)
-            writer.write(_http_response(status, body))
+            writer.write(_respond(request_line, readiness, metrics))
             await writer.drain()
         except (TimeoutError, ConnectionError) as exc:
             log.debug("health request dropped: %s", exc)
@@ -82,22 +85,24 @@ async def serve_health(readiness: Readiness, *, host: str, port: int) -> AsyncIt
         yield bound_port
 
 
-def _respond(request_line: bytes, readiness: Readiness) -> tuple[int, dict[str, object]]:
+def _respond(request_line: bytes, readiness: Readiness, metrics: Callable[[], bytes]) -> bytes:
     parts = request_line.decode("latin-1").split()
     path = parts[1] if len(parts) >= 2 else ""
     if path == "/healthz":
-        return 200, {"status": "alive"}
+        return _http_response(200, json.dumps({"status": "alive"}).encode(), content_type=JSON)
     if path == "/readyz":
         ready = readiness.is_ready
-        return (200 if ready else 503), {"ready": ready, **readiness.snapshot()}
-    return 404, {"error": "not found"}
+        body = json.dumps({"ready": ready, **readiness.snapshot()}).encode()
+        return _http_response(200 if ready else 503, body, content_type=JSON)
+    if path == "/metrics":
+        return _http_response(200, metrics(), content_type=PROMETHEUS_TEXT)
+    return _http_response(404, json.dumps({"error": "not found"}).encode(), content_type=JSON)
 
 
-def _http_response(status: int, body: dict[str, object]) -> bytes:
+def _http_response(status: int, payload: bytes, *, content_type: str) -> bytes:
     reasons = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
-    payload = json.dumps(body).encode()
     head = (
-        f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: application/json\r\n"
+        f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + payload

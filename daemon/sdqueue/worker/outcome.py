@@ -86,6 +86,7 @@ async def finish(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, s
         if record is not None and record.owner == ctx.owner:
             event = record.event
     await emit(event, delivery=delivery, services=services)
+    services.metrics.observe_outcome(event)
 
 
 async def report_failure(error: SdqueueError, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:

@@ -94,6 +94,7 @@ async def retry_or_give_up(error: Exception, *, ctx: JobContext, delivery: Deliv
         log.warning("job %s: %s", ctx.job_id, final.message)
         await report_failure(final, ctx=ctx, delivery=delivery, services=services)
         return "reject"
+    services.metrics.requeues.labels(model=ctx.model).inc()
     backoff_s = min(0.5 * 2**delivery.delivery_count, 10.0)
     log.warning("job %s: retryable failure (%s); requeue in %.1fs", ctx.job_id, error, backoff_s)
     await asyncio.sleep(backoff_s)

@@ -13,6 +13,7 @@ from sdqueue.config import Settings
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.control import JobRegistry
 from sdqueue.worker.generate import ImageGenerator
+from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.verify import VerificationKeys
 
 if TYPE_CHECKING:
@@ -32,3 +33,4 @@ class Services:
     events: AbstractExchange
     stop_generation: threading.Event
     registry: JobRegistry
+    metrics: WorkerMetrics

@@ -24,8 +24,16 @@ from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_topo
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
 from sdqueue.worker.errors import StorageError
-from sdqueue.worker.generate import ImageGenerator, describe_runtime, ensure_tiny_model, load_generator, warm_up
+from sdqueue.worker.generate import (
+    ImageGenerator,
+    describe_runtime,
+    ensure_tiny_model,
+    gpu_memory_probe,
+    load_generator,
+    warm_up,
+)
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
+from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.pipeline import process_delivery, retry_or_give_up
 from sdqueue.worker.publish import PublishFailed
 from sdqueue.worker.services import Services
@@ -43,11 +51,15 @@ async def run_worker(settings: Settings) -> None:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdqueue-generate")
     try:
         log.info("runtime: %s", describe_runtime(settings.runtime))
+        metrics = WorkerMetrics(gpu_memory_bytes=gpu_memory_probe(settings.runtime))
         generators = await load_models(settings, executor=executor)
+        for alias in generators:
+            metrics.models_loaded.labels(model=alias).set(1)
         s3 = make_s3_client(settings.s3)
         await wait_for_storage(s3, s3_settings=settings.s3)
         connection = await connect(settings.broker)
-        async with connection, running_batchers(generators, executor=executor, settings=settings) as batchers:
+        batching = running_batchers(generators, executor=executor, settings=settings, metrics=metrics)
+        async with connection, batching as batchers:
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=settings.broker.prefetch)
             topology = await declare_topology(
@@ -63,8 +75,9 @@ async def run_worker(settings: Settings) -> None:
                 events=topology.events,
                 stop_generation=threading.Event(),
                 registry=JobRegistry(),
+                metrics=metrics,
             )
-            async with health_endpoint(settings, connection=connection, s3=s3):
+            async with health_endpoint(settings, connection=connection, s3=s3, metrics=metrics):
                 await serve(topology.requests, services=services)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
@@ -73,11 +86,15 @@ async def run_worker(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def running_batchers(
-    generators: Mapping[str, ImageGenerator], *, executor: ThreadPoolExecutor, settings: Settings
+    generators: Mapping[str, ImageGenerator],
+    *,
+    executor: ThreadPoolExecutor,
+    settings: Settings,
+    metrics: WorkerMetrics,
 ) -> AsyncIterator[dict[str, Batcher]]:
     """One batcher per model alias, each forming batches in its own task until the worker stops."""
     batchers = {
-        alias: Batcher(generator, executor=executor, batching=settings.batching)
+        alias: Batcher(generator, executor=executor, batching=settings.batching, on_batch=metrics.batch_images.observe)
         for alias, generator in generators.items()
     }
     tasks = [asyncio.create_task(batcher.run(), name=f"batcher:{alias}") for alias, batcher in batchers.items()]
@@ -110,16 +127,18 @@ async def wait_for_storage(client: S3Client, *, s3_settings: S3Settings) -> None
 
 @contextlib.asynccontextmanager
 async def health_endpoint(
-    settings: Settings, *, connection: AbstractRobustConnection, s3: S3Client
+    settings: Settings, *, connection: AbstractRobustConnection, s3: S3Client, metrics: WorkerMetrics
 ) -> AsyncIterator[None]:
-    """Serve /healthz and /readyz (when a port is configured) with a background storage probe."""
+    """Serve /healthz, /readyz and /metrics (when a port is configured) with a background storage probe."""
     if settings.health_port is None:
         yield
         return
     readiness = Readiness(is_broker_up=lambda: connection.connected.is_set() and not connection.is_closed)
     probe = asyncio.create_task(probe_storage(readiness, client=s3, bucket=settings.s3.bucket))
     try:
-        async with serve_health(readiness, host=settings.health_host, port=settings.health_port):
+        async with serve_health(
+            readiness, metrics=metrics.render, host=settings.health_host, port=settings.health_port
+        ):
             yield
     finally:
         probe.cancel()

@@ -3,7 +3,7 @@
 # Sets the libraries' log levels before anything below imports them.
 from sdqueue.worker.generate import _quiet as _quiet
 from sdqueue.worker.generate._diffusers import load_generator, warm_up
-from sdqueue.worker.generate._runtime import describe_runtime
+from sdqueue.worker.generate._runtime import describe_runtime, gpu_memory_probe
 from sdqueue.worker.generate._schedulers import SCHEDULERS
 from sdqueue.worker.generate._spec import BatchKey, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
 from sdqueue.worker.generate.tiny import build_tiny_model, ensure_tiny_model
@@ -18,6 +18,7 @@ __all__ = [
     "build_tiny_model",
     "describe_runtime",
     "ensure_tiny_model",
+    "gpu_memory_probe",
     "load_generator",
     "warm_up",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from sdqueue.config.settings import RuntimeSettings
@@ -20,6 +22,14 @@ def resolve_dtype(runtime: RuntimeSettings, *, device: torch.device) -> torch.dt
         return torch.float16 if device.type == "cuda" else torch.float32
     dtype: torch.dtype = getattr(torch, runtime.dtype)
     return dtype
+
+
+def gpu_memory_probe(runtime: RuntimeSettings) -> Callable[[], float] | None:
+    """A reader of the bytes torch holds on the CUDA device, or None when not on CUDA."""
+    device = resolve_device(runtime)
+    if device.type != "cuda":
+        return None
+    return lambda: float(torch.cuda.memory_allocated(device))
 
 
 def apply_threads(runtime: RuntimeSettings) -> None:
