@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import batching, footprint, publish, raw_vs_queue
+from bench import batching, footprint, publish, raw_vs_queue, scale
 
 
 def main() -> int:
@@ -17,6 +17,8 @@ def main() -> int:
     publish_ok = publish.main() >= publish.TARGET_PER_S
     print("\n== item 4: cold start and memory ==")
     footprint.main()
+    print("\n== scale-out: 1, 2 and 4 workers on one queue ==")
+    scale.main()
     return 0 if queue_ok and batching_ok and publish_ok else 1
 
 

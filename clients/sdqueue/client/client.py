@@ -264,16 +264,16 @@ class SdqueueClient:
             self._s3, s3=self._settings.s3, job_id=job_id, data=data, extension=extension
         )
 
-    async def wait_for_workers(self, model: str, *, timeout_s: float = 60.0) -> int:
-        """Wait until at least one worker consumes the model's queue; returns the consumer count.
+    async def wait_for_workers(self, model: str, *, timeout_s: float = 60.0, minimum: int = 1) -> int:
+        """Wait until at least `minimum` workers consume the model's queue; returns the consumer count.
 
         Raises:
-            WaitTimeout: no worker within `timeout_s`.
+            WaitTimeout: too few workers within `timeout_s`.
         """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             count = await self._consumer_count(requests_queue(model))
-            if count:
+            if count >= minimum:
                 return count
             await asyncio.sleep(0.2)
         raise WaitTimeout(f"no worker serves {model!r}")
