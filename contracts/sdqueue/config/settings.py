@@ -210,6 +210,9 @@ class Settings(BaseSettings):
     )
     health_host: str = Field(default="127.0.0.1", description="Address the health endpoint binds to.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`json`: one JSON object per line, with `job_id` on every job's lines."
+    )
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

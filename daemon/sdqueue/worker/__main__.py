@@ -12,7 +12,7 @@ from sdqueue.worker.worker import run_worker
 def main() -> int:
     """Load settings once, set up logging, and run the worker until it is told to stop."""
     settings = load_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_format=settings.log_format)
     asyncio.run(run_worker(settings))
     return 0
 

@@ -33,6 +33,7 @@ from sdqueue.worker.generate import (
     warm_up,
 )
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
+from sdqueue.worker.logs import current_job_id
 from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.pipeline import process_delivery, retry_or_give_up
 from sdqueue.worker.publish import PublishFailed
@@ -209,6 +210,7 @@ async def drain(in_flight: set[asyncio.Task[None]], *, services: Services) -> No
 async def handle_delivery(delivery: Delivery, services: Services) -> None:
     """The per-job guard: every delivery ends settled, whatever happened inside."""
     job_id = delivery.message_id
+    current_job_id.set(job_id)  # this task's own context: every log line of the job carries its id
     try:
         settlement = await _outcome(delivery, services)
     except asyncio.CancelledError:
