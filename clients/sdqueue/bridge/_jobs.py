@@ -15,6 +15,7 @@ from sdqueue.bridge._markers import JobMarker, delete_marker, get_marker, put_ma
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
 from sdqueue.client import ClientError, bearer, mint_token
+from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
     ErrorCode,
     GenerationRequest,
@@ -55,13 +56,9 @@ def check_limits(request: GenerationRequest, *, state: BridgeState) -> None:
     Raises:
         BridgeError: `limits_exceeded`.
     """
-    limits = state.settings.limits
-    if request.width * request.height > limits.max_pixels:
-        raise BridgeError(ErrorCode.LIMITS_EXCEEDED, f"width x height is capped at {limits.max_pixels} pixels")
-    if request.steps > limits.max_steps:
-        raise BridgeError(ErrorCode.LIMITS_EXCEEDED, f"steps are capped at {limits.max_steps}")
-    if request.num_images > limits.max_images:
-        raise BridgeError(ErrorCode.LIMITS_EXCEEDED, f"num_images is capped at {limits.max_images}")
+    violation = limit_violation(request, limits=state.settings.limits)
+    if violation is not None:
+        raise BridgeError(ErrorCode.LIMITS_EXCEEDED, violation)
 
 
 async def submit_job(request: GenerationRequest, *, owner: str, state: BridgeState) -> JobMarker:

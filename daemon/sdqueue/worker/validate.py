@@ -8,6 +8,7 @@ from collections.abc import Collection
 from pydantic import ValidationError
 
 from sdqueue.config import LimitSettings
+from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import MAX_SEED, GenerationRequest
 from sdqueue.worker.errors import InvalidRequest, LimitsExceeded, UnknownModel
 
@@ -43,12 +44,9 @@ def check_limits(request: GenerationRequest, *, limits: LimitSettings) -> None:
     Raises:
         LimitsExceeded: a cap is exceeded.
     """
-    if request.width * request.height > limits.max_pixels:
-        raise LimitsExceeded(f"{request.width}x{request.height} is over the {limits.max_pixels} pixel cap")
-    if request.steps > limits.max_steps:
-        raise LimitsExceeded(f"steps {request.steps} is over the cap of {limits.max_steps}")
-    if request.num_images > limits.max_images:
-        raise LimitsExceeded(f"num_images {request.num_images} is over the cap of {limits.max_images}")
+    violation = limit_violation(request, limits=limits)
+    if violation is not None:
+        raise LimitsExceeded(violation)
 
 
 def job_id_from_body(body: bytes) -> str | None:

@@ -1,0 +1,17 @@
+"""The worker's caps on one request, checked in one place by the worker and, earlier, by the bridge."""
+
+from __future__ import annotations
+
+from sdqueue.config.settings import LimitSettings
+from sdqueue.contracts import GenerationRequest
+
+
+def limit_violation(request: GenerationRequest, *, limits: LimitSettings) -> str | None:
+    """Say which cap the request exceeds (a message safe to show the requester), or None if it fits."""
+    if request.width * request.height > limits.max_pixels:
+        return f"{request.width}x{request.height} is over the {limits.max_pixels} pixel cap"
+    if request.steps > limits.max_steps:
+        return f"steps {request.steps} is over the cap of {limits.max_steps}"
+    if request.num_images > limits.max_images:
+        return f"num_images {request.num_images} is over the cap of {limits.max_images}"
+    return None
