@@ -143,3 +143,28 @@ async def test_bad_request_is_reported_recorded_and_dead_lettered(
 async def test_unserved_model_is_refused_at_publish(client: SdqueueClient):
     with pytest.raises(UnroutableRequest, match="no-such-model"):
         await client.submit(txt2img(model="no-such-model"))
+
+
+@pytest.mark.parametrize(
+    ("quota", "code"),
+    [
+        ({"max_steps": 1}, ErrorCode.LIMITS_EXCEEDED),
+        ({"max_pixels": 32 * 32}, ErrorCode.LIMITS_EXCEEDED),
+        ({"models": ["another-model"]}, ErrorCode.FORBIDDEN),
+        ({"priority": "urgent"}, ErrorCode.INVALID_TOKEN),
+    ],
+    ids=["steps over the caller's cap", "pixels over the caller's cap", "model not allowed", "malformed quota"],
+)
+async def test_the_callers_quota_is_enforced(
+    quota: dict[str, object], code: ErrorCode, client: SdqueueClient, probe: BrokerProbe, stack_settings: Settings
+):
+    request = txt2img(steps=2)  # within the worker's own caps
+    body = request.model_dump_json().encode()
+
+    await _publish_and_expect(
+        client,
+        probe,
+        job_id=request.job_id,
+        message=signed_message(body, job_id=request.job_id, auth=stack_settings.auth, quota=quota),
+        code=code,
+    )

@@ -227,7 +227,7 @@ async def test_message_with_no_usable_job_id_is_dead_lettered_silently(
 
     async with await broker.channel() as channel:
         every_event = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await every_event.bind(EVENTS_EXCHANGE, routing_key="#")
+        await every_event.bind(EVENTS_EXCHANGE, routing_key="job.#")  # every job event; heartbeats are not
         await every_event.consume(collect, no_ack=True)
 
         await _publish(

@@ -58,6 +58,13 @@ class RecordingGenerator:
     def scheduler_names(self) -> tuple[str, ...]:
         return self.real.scheduler_names
 
+    @property
+    def memory_bytes(self) -> int:
+        return self.real.memory_bytes
+
+    def release(self) -> None:
+        self.real.release()
+
     def generate(self, spec: GenerationSpec, **hooks: Callable[..., object] | None) -> GeneratedImages:
         return self.generate_batch([spec], **hooks)[0]
 

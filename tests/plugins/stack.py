@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -16,9 +17,10 @@ import pytest_asyncio
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
+from pydantic import SecretStr
 
 from sdqueue.client import SdqueueClient
-from sdqueue.config import AuthSettings, BrokerSettings, RuntimeSettings, S3Settings, Settings
+from sdqueue.config import AuthSettings, BrokerSettings, RuntimeSettings, S3Settings, Settings, WebhookSettings
 from sdqueue.contracts import JobEvent, parse_event
 from sdqueue.contracts.topology import DEAD_QUEUE, EVENTS_EXCHANGE, job_events_pattern
 from sdqueue.devstack.stack import start_worker, stop_process, with_fresh_secrets
@@ -100,6 +102,8 @@ def make_stack_settings(
             algorithms=("HS256", "RS256", "EdDSA"), jwks_file=write_jwks(signing_keys, state_dir / "jwks.json")
         ),
         runtime=RuntimeSettings(device="cpu", threads=2),
+        # A secret but no allowed hosts: callbacks stay off unless a test allows its receiver.
+        webhooks=WebhookSettings(secret=SecretStr(secrets.token_urlsafe(48))),
     )
     return with_fresh_secrets(base).model_copy(update={"s3": s3})
 

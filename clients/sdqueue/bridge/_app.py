@@ -56,5 +56,8 @@ def run_bridge(settings: Settings) -> int:
     import uvicorn
 
     check_settings(settings)
-    uvicorn.run(create_app(settings), host=settings.bridge.host, port=settings.bridge.port, log_level="info")
+    bridge = settings.bridge
+    uvicorn.run(
+        create_app(settings), host=bridge.host, port=bridge.port, log_level="info", access_log=bridge.access_log
+    )
     return 0

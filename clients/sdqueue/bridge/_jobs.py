@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -11,10 +10,10 @@ import aio_pika
 from pydantic import ValidationError
 
 from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, UNAVAILABLE, BridgeError
-from sdqueue.bridge._markers import JobMarker, delete_marker, get_marker, put_marker, recent_job_ids
+from sdqueue.bridge._markers import JobMarker, get_marker, recent_job_ids
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
-from sdqueue.client import ClientError, bearer, mint_token
+from sdqueue.client import bearer, mint_token
 from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
     ErrorCode,
@@ -62,12 +61,13 @@ def check_limits(request: GenerationRequest, *, state: BridgeState) -> None:
 
 
 async def submit_job(request: GenerationRequest, *, owner: str, state: BridgeState) -> JobMarker:
-    """Note the job under its owner in the bucket, then publish it with a token minted for the owner.
+    """Publish the job with a token minted for the owner, then note it under its owner in the background.
 
     Raises:
-        ClientError: the bucket or the broker refused (the note is removed again if the broker refused).
+        ClientError: the broker refused or did not confirm.
     """
     check_limits(request, state=state)
+    await _publish(request, owner=owner, state=state)
     marker = JobMarker(
         job_id=request.job_id,
         owner=owner,
@@ -79,13 +79,7 @@ async def submit_job(request: GenerationRequest, *, owner: str, state: BridgeSta
         steps=request.steps,
         created_at=utc_now(),
     )
-    await put_marker(marker, s3=state.settings.s3, client=state.s3)
-    try:
-        await _publish(request, owner=owner, state=state)
-    except ClientError:
-        with contextlib.suppress(ClientError):
-            await delete_marker(owner, request.job_id, s3=state.settings.s3, client=state.s3)
-        raise
+    state.markers.write(marker)
     state.metrics.jobs.labels(mode=request.mode).inc()
     return marker
 
@@ -113,7 +107,9 @@ async def owned_marker(job_id: str, *, owner: str, state: BridgeState) -> JobMar
     Raises:
         BridgeError: `not_found` when the job is not the caller's or does not exist.
     """
-    marker = await get_marker(owner, job_id, s3=state.settings.s3, client=state.s3)
+    marker = state.markers.pending(owner, job_id) or await get_marker(
+        owner, job_id, s3=state.settings.s3, client=state.s3
+    )
     if marker is None:
         raise BridgeError(NOT_FOUND, "no such job")
     return marker
@@ -150,12 +146,18 @@ def status_from(marker: JobMarker, event: JobEvent | None) -> JobStatus:
 
 async def recent_jobs(owner: str, *, limit: int, state: BridgeState) -> list[JobStatus]:
     """The caller's newest jobs with their status, newest first."""
-    job_ids = await recent_job_ids(owner, limit=limit, s3=state.settings.s3, client=state.s3)
-    markers = await asyncio.gather(
-        *(get_marker(owner, job_id, s3=state.settings.s3, client=state.s3) for job_id in job_ids)
-    )
+    pending = {marker.job_id: marker for marker in state.markers.pending_for(owner)}
+    stored = await recent_job_ids(owner, limit=limit, s3=state.settings.s3, client=state.s3)
+    job_ids = sorted({*pending, *stored})[:limit]  # ids sort newest first
+    markers = await asyncio.gather(*(_known_marker(owner, job_id, pending=pending, state=state) for job_id in job_ids))
     found = [marker for marker in markers if marker is not None]
     return list(await asyncio.gather(*(job_status(marker, state=state) for marker in found)))
+
+
+async def _known_marker(
+    owner: str, job_id: str, *, pending: Mapping[str, JobMarker], state: BridgeState
+) -> JobMarker | None:
+    return pending.get(job_id) or await get_marker(owner, job_id, s3=state.settings.s3, client=state.s3)
 
 
 async def job_events(marker: JobMarker, *, state: BridgeState, timeout_s: float) -> AsyncIterator[JobEvent | None]:

@@ -8,6 +8,7 @@ caller's prefix returns the newest jobs first.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -24,7 +25,11 @@ from sdqueue.contracts import Mode
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
+log = logging.getLogger(__name__)
+
 MARKER_PREFIX = "bridge/users"
+MARKER_WRITE_ATTEMPTS = 8
+MARKER_RETRY_S = 0.5
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 # 2^44 ms is about the year 2527: the reversed timestamp stays 11 hex digits long until then.
 REVERSE_EPOCH_MS = 2**44
@@ -68,15 +73,6 @@ async def put_marker(marker: JobMarker, *, s3: S3Settings, client: S3Client) -> 
     body = marker.model_dump_json().encode()
     key = marker_key(marker.owner, marker.job_id)
     await _call(lambda: client.put_object(Bucket=s3.bucket, Key=key, Body=body, ContentType="application/json"))
-
-
-async def delete_marker(owner: str, job_id: str, *, s3: S3Settings, client: S3Client) -> None:
-    """Remove a job's marker (a job the broker refused).
-
-    Raises:
-        StorageUnavailable: the bucket refused or did not answer.
-    """
-    await _call(lambda: client.delete_object(Bucket=s3.bucket, Key=marker_key(owner, job_id)))
 
 
 async def get_marker(owner: str, job_id: str, *, s3: S3Settings, client: S3Client) -> JobMarker | None:
@@ -132,3 +128,50 @@ async def _call(call: Callable[[], T]) -> T:
         return await asyncio.to_thread(call)
     except (BotoCoreError, BotoClientError) as exc:
         raise StorageUnavailable("the bucket did not answer") from exc
+
+
+class MarkerWriter:
+    """Stores markers in the background, so accepting a job waits for the broker only; reads see pending markers.
+
+    A pending marker lives only in this process until its put succeeds (retried with backoff). `drain` at
+    shutdown waits for them; a crash in between loses the note, not the job (its record names the owner too).
+    """
+
+    def __init__(self, *, s3: S3Settings, client: S3Client) -> None:
+        self._s3 = s3
+        self._client = client
+        self._pending: dict[tuple[str, str], JobMarker] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def write(self, marker: JobMarker) -> None:
+        """Start storing a marker; until it is stored, `pending` returns it."""
+        self._pending[(marker.owner, marker.job_id)] = marker
+        task = asyncio.create_task(self._store(marker), name=f"marker:{marker.job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def pending(self, owner: str, job_id: str) -> JobMarker | None:
+        """The caller's marker for a job if it is still being stored."""
+        return self._pending.get((owner, job_id))
+
+    def pending_for(self, owner: str) -> list[JobMarker]:
+        """The caller's markers still being stored."""
+        return [marker for (marker_owner, _), marker in self._pending.items() if marker_owner == owner]
+
+    async def drain(self, *, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) for the markers still being stored."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+
+    async def _store(self, marker: JobMarker) -> None:
+        for attempt in range(MARKER_WRITE_ATTEMPTS):
+            try:
+                await put_marker(marker, s3=self._s3, client=self._client)
+            except StorageUnavailable:
+                await asyncio.sleep(MARKER_RETRY_S * 2**attempt)
+            else:
+                self._pending.pop((marker.owner, marker.job_id), None)
+                return
+        log.error(
+            "could not store the marker of job %s; it stays visible here until the bridge restarts", marker.job_id
+        )

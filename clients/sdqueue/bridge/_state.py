@@ -12,12 +12,16 @@ from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from sdqueue.bridge._hub import HUB_QUEUE_PREFIX, EventHub
+from sdqueue.bridge._markers import MarkerWriter
 from sdqueue.bridge._users import UserStore
 from sdqueue.client import ClientError, SdqueueClient
 from sdqueue.config import Settings, make_s3_client
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
+
+
+MARKER_DRAIN_S = 30.0  # at shutdown, how long markers still being stored may take
 
 
 class BridgeConfigError(ClientError):
@@ -44,6 +48,7 @@ class BridgeState:
     hub: EventHub
     users: UserStore
     s3: S3Client
+    markers: MarkerWriter
     metrics: Metrics
 
 
@@ -82,16 +87,20 @@ async def open_state(settings: Settings, *, metrics: Metrics) -> AsyncIterator[B
     hub = EventHub(cache_size=settings.bridge.progress_cache_size)
     async with SdqueueClient(settings, subject="sdqueue-bridge") as client:
         await hub.start(settings.broker, queue_name=f"{HUB_QUEUE_PREFIX}{uuid.uuid4().hex}")
+        s3 = make_s3_client(settings.s3)
+        markers = MarkerWriter(s3=settings.s3, client=s3)
         try:
             yield BridgeState(
                 settings=settings,
                 client=client,
                 hub=hub,
                 users=UserStore(settings.users_file),
-                s3=make_s3_client(settings.s3),
+                s3=s3,
+                markers=markers,
                 metrics=metrics,
             )
         finally:
+            await markers.drain(timeout_s=MARKER_DRAIN_S)
             await hub.close()
 
 

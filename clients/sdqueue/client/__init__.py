@@ -4,6 +4,7 @@ from sdqueue.client.client import SdqueueClient
 from sdqueue.client.errors import (
     BrokerUnavailable,
     ClientError,
+    InvalidWebhook,
     JobFailed,
     RequestRefused,
     StorageUnavailable,
@@ -13,10 +14,12 @@ from sdqueue.client.errors import (
 from sdqueue.client.jobs import new_job_id
 from sdqueue.client.sync import SyncClient
 from sdqueue.client.tokens import bearer, mint_token
+from sdqueue.client.webhooks import verify_webhook
 
 __all__ = [
     "BrokerUnavailable",
     "ClientError",
+    "InvalidWebhook",
     "JobFailed",
     "RequestRefused",
     "SdqueueClient",
@@ -27,4 +30,5 @@ __all__ = [
     "bearer",
     "mint_token",
     "new_job_id",
+    "verify_webhook",
 ]

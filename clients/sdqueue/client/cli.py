@@ -17,7 +17,15 @@ from sdqueue.client.jobs import new_job_id
 from sdqueue.client.storage import ensure_bucket
 from sdqueue.client.tokens import mint_token
 from sdqueue.config import load_settings, make_s3_client
-from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest, InitImageData, InitImageKey, SucceededEvent
+from sdqueue.contracts import (
+    SCHEMA_VERSION,
+    GenerationRequest,
+    InitImageData,
+    InitImageKey,
+    Quota,
+    SucceededEvent,
+    WorkerHeartbeat,
+)
 
 log = logging.getLogger("sdqueue")
 
@@ -43,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token(commands)
     _add_service_commands(commands)
     _add_bridge_commands(commands)
+    _add_webhook_commands(commands)
     return parser
 
 
@@ -86,6 +95,9 @@ def _add_token(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--subject", default=getpass.getuser())
     parser.add_argument("--scope", default="sdqueue:generate")
     parser.add_argument("--ttl", type=float, help="seconds until the job must have started")
+    parser.add_argument(
+        "--quota", type=Quota.model_validate_json, help='quota claim as JSON, e.g. \'{"priority": "low"}\''
+    )
     parser.set_defaults(handler=_token)
 
 
@@ -110,6 +122,9 @@ def _add_service_commands(commands: argparse._SubParsersAction[argparse.Argument
     write.add_argument("--root", type=Path, default=Path())
     write.add_argument("--check", action="store_true", help="only report stale files; exit 1 if any")
     write.set_defaults(handler=_contract_write)
+    models = commands.add_parser("models", help="list what the fleet serves, from the workers' heartbeats")
+    models.add_argument("--listen", type=float, default=12.0, help="seconds to listen (default: 12)")
+    models.set_defaults(handler=lambda args: asyncio.run(_models(args.listen)))
     demo = commands.add_parser("demo", help="run the whole stack on loopback and generate one image")
     demo.add_argument("prompt", nargs="?", default="a dog with a hat")
     demo.set_defaults(handler=_demo)
@@ -127,6 +142,15 @@ def _add_bridge_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     remove.add_argument("name")
     remove.set_defaults(handler=_users_remove)
     users.add_parser("list", help="list the user names").set_defaults(handler=_users_list)
+
+
+def _add_webhook_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    webhooks = commands.add_parser("webhooks", help="signed completion webhooks").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    webhooks.add_parser(
+        "relay", help="deliver queued webhooks (for workers run with SDQUEUE_WEBHOOKS__RELAY=false)"
+    ).set_defaults(handler=_webhooks_relay)
 
 
 def request_from_args(
@@ -210,15 +234,70 @@ def _token(args: argparse.Namespace) -> int:
     request = GenerationRequest.model_validate_json(body)
     scopes = tuple(args.scope.split())
     print(
-        mint_token(body, job_id=request.job_id, subject=args.subject, auth=settings.auth, scopes=scopes, ttl_s=args.ttl)
+        mint_token(
+            body,
+            job_id=request.job_id,
+            subject=args.subject,
+            auth=settings.auth,
+            scopes=scopes,
+            ttl_s=args.ttl,
+            quota=args.quota,
+        )
     )
     return 0
+
+
+async def _models(listen_s: float) -> int:
+    async with SdqueueClient(load_settings()) as client:
+        fleet = await client.fleet(listen_s=listen_s)
+    print(format_fleet(fleet))
+    return 0 if fleet else 1
+
+
+def format_fleet(fleet: Sequence[WorkerHeartbeat]) -> str:
+    """A table of model aliases (who serves each, where it is loaded), then one of workers."""
+    if not fleet:
+        return "no worker heard from"
+    aliases = sorted({alias for heartbeat in fleet for alias in heartbeat.models})
+    models = [["MODEL", "SERVED BY", "LOADED ON"]] + [
+        [
+            alias,
+            ",".join(h.worker for h in fleet if alias in h.models),
+            ",".join(h.worker for h in fleet if alias in h.loaded) or "-",
+        ]
+        for alias in aliases
+    ]
+    workers = [["WORKER", "STATE", "DEVICE", "IN FLIGHT", "LOADED"]] + [
+        [h.worker, h.state, h.device, str(h.in_flight), ",".join(h.loaded) or "-"] for h in fleet
+    ]
+    return f"{_table(models)}\n\n{_table(workers)}"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
 
 
 def _worker(_: argparse.Namespace) -> int:
     from sdqueue.worker.__main__ import main as worker_main
 
     return worker_main()
+
+
+def _webhooks_relay(_: argparse.Namespace) -> int:
+    # Light imports only (aio-pika, httpx): the relay runs where torch is not installed.
+    from sdqueue.worker.logs import setup_logging
+    from sdqueue.worker.webhooks import run_relay
+
+    settings = load_settings()
+    if settings.webhooks.secret is None:
+        print("sdqueue: set SDQUEUE_WEBHOOKS__SECRET (the key webhooks are signed with)", file=sys.stderr)
+        return 1
+    setup_logging(settings.log_level, log_format=settings.log_format)
+    asyncio.run(run_relay(settings))
+    return 0
 
 
 def _model_tiny(args: argparse.Namespace) -> int:

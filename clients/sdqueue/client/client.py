@@ -35,6 +35,7 @@ from sdqueue.client.errors import (
 from sdqueue.client.tokens import bearer, mint_token
 from sdqueue.config import Settings, make_s3_client
 from sdqueue.contracts import (
+    HEARTBEAT_PATTERN,
     SCOPE_CANCEL,
     CancelCommand,
     CancelledEvent,
@@ -45,6 +46,7 @@ from sdqueue.contracts import (
     JobEvent,
     SucceededEvent,
     TerminalEvent,
+    WorkerHeartbeat,
     parse_event,
     utc_now,
 )
@@ -277,6 +279,26 @@ class SdqueueClient:
                 return count
             await asyncio.sleep(0.2)
         raise WaitTimeout(f"no worker serves {model!r}")
+
+    async def fleet(self, *, listen_s: float = 12.0) -> list[WorkerHeartbeat]:
+        """The workers heard from within `listen_s` (a heartbeat interval and a bit), each by its latest heartbeat."""
+        connection = _require(self._connection)
+        latest: dict[str, WorkerHeartbeat] = {}
+
+        async def on_heartbeat(message: AbstractIncomingMessage) -> None:
+            try:
+                heartbeat = WorkerHeartbeat.model_validate_json(message.body)
+            except ValidationError:
+                log.warning("ignoring a malformed heartbeat")
+                return
+            latest[heartbeat.worker] = heartbeat
+
+        async with await connection.channel() as channel:
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(await channel.get_exchange(EVENTS_EXCHANGE, ensure=False), routing_key=HEARTBEAT_PATTERN)
+            await queue.consume(on_heartbeat, no_ack=True)
+            await asyncio.sleep(listen_s)
+        return sorted(latest.values(), key=lambda heartbeat: heartbeat.worker)
 
     async def _consumer_count(self, queue_name: str) -> int:
         """Inspect a worker queue without declaring it: a passive declare on a throwaway channel."""

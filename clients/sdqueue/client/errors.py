@@ -31,6 +31,10 @@ class StorageUnavailable(ClientError):
     """The bucket could not be reached, or an image could not be downloaded."""
 
 
+class InvalidWebhook(ClientError):
+    """A received webhook failed verification: a header is missing, the signature differs or it is stale."""
+
+
 class WaitTimeout(ClientError):
     """No terminal event arrived for the job within the time allowed."""
 

@@ -8,7 +8,7 @@ import jwt
 
 from sdqueue.client.errors import ClientError
 from sdqueue.config import AuthSettings
-from sdqueue.contracts import SCOPE_GENERATE, body_sha256
+from sdqueue.contracts import QUOTA_CLAIM, SCOPE_GENERATE, Quota, body_sha256
 from sdqueue.contracts.tokens import BEARER_PREFIX
 
 
@@ -21,10 +21,12 @@ def mint_token(
     scopes: tuple[str, ...] = (SCOPE_GENERATE,),
     ttl_s: float | None = None,
     now: float | None = None,
+    quota: Quota | None = None,
 ) -> str:
     """Sign a token for one request body with the configured HS256 secret.
 
-    `exp` is the latest moment the job may start; `ttl_s` defaults to `auth.token_ttl_s`.
+    `exp` is the latest moment the job may start; `ttl_s` defaults to `auth.token_ttl_s`. A `quota` narrows the
+    worker's caps for this caller and sets its priority.
 
     Raises:
         ClientError: no HS256 secret is configured (asymmetric keys are signed by the caller's own issuer).
@@ -43,6 +45,8 @@ def mint_token(
         "body_sha256": body_sha256(body),
         "scope": " ".join(scopes),
     }
+    if quota is not None and (claim := quota.claim()):
+        claims[QUOTA_CLAIM] = claim
     return jwt.encode(claims, auth.hs256_secret.get_secret_value(), algorithm="HS256")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sdqueue.config.settings import LimitSettings
-from sdqueue.contracts import GenerationRequest
+from sdqueue.contracts import GenerationRequest, Quota
 
 
 def limit_violation(request: GenerationRequest, *, limits: LimitSettings) -> str | None:
@@ -15,3 +15,17 @@ def limit_violation(request: GenerationRequest, *, limits: LimitSettings) -> str
     if request.num_images > limits.max_images:
         return f"num_images {request.num_images} is over the cap of {limits.max_images}"
     return None
+
+
+def caller_limits(limits: LimitSettings, quota: Quota) -> LimitSettings:
+    """The worker's caps narrowed by a caller's quota: a quota can lower a cap, never raise it."""
+    narrowed = {
+        name: min(getattr(limits, name), cap)
+        for name, cap in (
+            ("max_pixels", quota.max_pixels),
+            ("max_steps", quota.max_steps),
+            ("max_images", quota.max_images),
+        )
+        if cap is not None
+    }
+    return limits.model_copy(update=narrowed) if narrowed else limits

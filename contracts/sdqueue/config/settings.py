@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sdqueue.contracts.request import MODEL_ALIAS_PATTERN
@@ -22,6 +32,8 @@ log = logging.getLogger(__name__)
 ENV_PREFIX = "SDQUEUE_"
 MIN_HMAC_SECRET_BYTES = 32
 Algorithm = Literal["HS256", "HS384", "HS512", "EdDSA", "ES256", "RS256"]
+# A webhook allow-list entry: a DNS name (IDNA ASCII form) or IPv4 address, or a bracketed IPv6 one; optional port.
+_HOST_ENTRY = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?")
 
 
 class _Group(BaseModel):
@@ -37,7 +49,10 @@ class BrokerSettings(_Group):
     connect_timeout_s: PositiveFloat = Field(default=10.0, description="Limit for one connection attempt.")
     publish_timeout_s: PositiveFloat = Field(default=10.0, description="Limit for one publish and its confirm.")
     heartbeat_s: Annotated[int, Field(ge=0)] = Field(default=60, description="AMQP heartbeat; 0 disables it.")
-    prefetch: PositiveInt = Field(default=1, description="Unacked requests a worker holds at once.")
+    prefetch: PositiveInt = Field(
+        default=16,
+        description="Unacked requests a worker holds at once; keep it above `fairness.max_per_caller`.",
+    )
     delivery_limit: PositiveInt = Field(default=3, description="Redeliveries before a request is dead-lettered.")
 
 
@@ -121,6 +136,11 @@ class RuntimeSettings(_Group):
     warmup_size_px: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = Field(
         default=512, description="Width and height of the warm-up generation (compiled shapes are per size)."
     )
+    model_memory_mb: PositiveInt | None = Field(
+        default=None,
+        description="Budget for loaded pipelines' weights; over it the least recently used model is unloaded. "
+        "Unset: every served model stays loaded.",
+    )
 
 
 class BatchSettings(_Group):
@@ -134,6 +154,20 @@ class BatchSettings(_Group):
     )
     max_pixel_steps: PositiveInt = Field(
         default=8 * 512 * 512 * 50, description="Budget of width x height x steps summed over a batch's images."
+    )
+
+
+class FairnessSettings(_Group):
+    """Fair intake: a caller's flood waits in its model's overflow lane instead of in front of everyone else."""
+
+    enabled: bool = Field(default=True, description="Move jobs over a caller's share to the overflow lane.")
+    max_per_caller: PositiveInt = Field(
+        default=8, description="Main-lane jobs one caller may hold at this worker; its others go to the overflow lane."
+    )
+    overflow_prefetch: PositiveInt = Field(default=8, description="Overflow-lane jobs a worker holds at once.")
+    promote_after_s: PositiveFloat = Field(
+        default=60.0,
+        description="A job held this long runs next whatever its lane, so the overflow lane never starves.",
     )
 
 
@@ -180,6 +214,7 @@ class BridgeSettings(_Group):
         default=25, description="Denoising steps of the compatibility routes."
     )
     readiness_timeout_s: PositiveFloat = Field(default=5.0, description="Limit of each `/readyz` probe.")
+    access_log: bool = Field(default=True, description="Log one line per HTTP request (uvicorn's access log).")
 
     @field_validator("token_secret")
     @classmethod
@@ -187,6 +222,63 @@ class BridgeSettings(_Group):
         if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
             raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
         return value
+
+
+class WebhookSettings(_Group):
+    """Signed completion webhooks: which `callback_url` hosts are allowed, and how the relay delivers and retries."""
+
+    secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key (at least 32 bytes) that signs every webhook; receivers verify with it.",
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "`host` (the scheme's default port only) or `host:port` entries a `callback_url` may name, IPv6 in "
+            "brackets; empty refuses every callback (`forbidden`)."
+        ),
+    )
+    allow_private_networks: bool = Field(
+        default=False,
+        description=(
+            "Let allowed host names resolve to private, loopback or link-local addresses; IP literals in "
+            "`allowed_hosts` are always allowed."
+        ),
+    )
+    timeout_s: PositiveFloat = Field(default=10.0, description="Limit of one POST, from connect to response.")
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = Field(
+        default=8, description="POSTs per webhook before it is dead-lettered to `sdqueue.dead`."
+    )
+    backoff_s: PositiveFloat = Field(default=1.0, description="Delay before the first retry; it doubles each time.")
+    max_backoff_s: PositiveFloat = Field(default=60.0, description="Longest delay between two attempts.")
+    relay: bool = Field(
+        default=True, description="Deliver webhooks inside the worker; false: run `sdqueue webhooks relay` instead."
+    )
+    prefetch: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=64, description="Webhooks one relay delivers (and retries) at once."
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        entries = tuple(entry.strip().lower() for entry in value)
+        for entry in entries:
+            if not _HOST_ENTRY.fullmatch(entry):
+                raise ValueError(f"{entry!r} is not `host` or `host:port` (IPv6 in brackets)")
+        return entries
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> Self:
+        if self.allowed_hosts and self.secret is None:
+            raise ValueError("allowed_hosts needs a secret to sign webhooks with")
+        return self
 
 
 class Settings(BaseSettings):
@@ -205,6 +297,9 @@ class Settings(BaseSettings):
         default_factory=dict, description="More aliases: alias -> Hub id or folder."
     )
     shutdown_grace_s: PositiveFloat = Field(default=30.0, description="Time in-flight jobs get on SIGTERM.")
+    heartbeat_interval_s: PositiveFloat = Field(
+        default=10.0, description="Seconds between the worker's heartbeats on `sdqueue.events` (`sdqueue models`)."
+    )
     health_port: Annotated[int, Field(ge=0, le=65535)] | None = Field(
         default=None, description="Serve /healthz and /readyz on 127.0.0.1 at this port (0: any free port)."
     )
@@ -219,8 +314,10 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchSettings = Field(default_factory=BatchSettings)
+    fairness: FairnessSettings = Field(default_factory=FairnessSettings)
     faults: FaultSettings = Field(default_factory=FaultSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @property
     def tiny_model_dir(self) -> Path:

@@ -18,6 +18,8 @@ from sdqueue.contracts.events import (
     parse_terminal_event,
     utc_now,
 )
+from sdqueue.contracts.fleet import HEARTBEAT_PATTERN, WorkerHeartbeat, heartbeat_routing_key
+from sdqueue.contracts.quota import QUOTA_CLAIM, Priority, Quota
 from sdqueue.contracts.request import (
     JOB_ID_PATTERN,
     MAX_SEED,
@@ -33,8 +35,10 @@ from sdqueue.contracts.tokens import AUDIENCE, SCOPE_ADMIN, SCOPE_CANCEL, SCOPE_
 __all__ = [
     "AUDIENCE",
     "CONTENT_TYPES",
+    "HEARTBEAT_PATTERN",
     "JOB_ID_PATTERN",
     "MAX_SEED",
+    "QUOTA_CLAIM",
     "SCHEMA_VERSION",
     "SCOPE_ADMIN",
     "SCOPE_CANCEL",
@@ -51,12 +55,16 @@ __all__ = [
     "JobEvent",
     "Mode",
     "OutputFormat",
+    "Priority",
     "ProgressEvent",
+    "Quota",
     "StartedEvent",
     "SucceededEvent",
     "TerminalEvent",
     "Timings",
+    "WorkerHeartbeat",
     "body_sha256",
+    "heartbeat_routing_key",
     "is_terminal",
     "parse_event",
     "parse_terminal_event",

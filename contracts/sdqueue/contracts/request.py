@@ -12,6 +12,7 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MODEL_ALIAS_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 MAX_SEED = 2**32 - 1
 MAX_METADATA_ENTRIES = 16
+MAX_CALLBACK_URL_LENGTH = 2048
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 ModelAlias = Annotated[str, StringConstraints(pattern=MODEL_ALIAS_PATTERN)]
@@ -19,6 +20,10 @@ Mode = Literal["txt2img", "img2img"]
 OutputFormat = Literal["png", "webp", "jpeg"]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=1024)]
+# http or https with a host; whether the worker will call it is its allow-list's decision, not the contract's.
+CallbackUrl = Annotated[
+    str, StringConstraints(max_length=MAX_CALLBACK_URL_LENGTH, pattern=r"^https?://[^\s/?#]+[^\s]*$")
+]
 
 
 # The JSON Schema form of `_check_shape`'s mode rules, so that the generated schema says what the model enforces.
@@ -71,6 +76,7 @@ class GenerationRequest(BaseModel):
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_ENTRIES)] = Field(
         default_factory=dict
     )
+    callback_url: CallbackUrl | None = None
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:

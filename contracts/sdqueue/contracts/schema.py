@@ -24,6 +24,8 @@ from sdqueue.contracts.events import (
     SucceededEvent,
     Timings,
 )
+from sdqueue.contracts.fleet import WorkerHeartbeat
+from sdqueue.contracts.quota import QUOTA_CLAIM
 from sdqueue.contracts.request import JOB_ID_PATTERN, MODEL_ALIAS_PATTERN, SCHEMA_VERSION, GenerationRequest
 from sdqueue.contracts.tokens import AUDIENCE, BEARER_PREFIX, SCOPE_ADMIN, SCOPE_CANCEL, SCOPE_GENERATE
 from sdqueue.contracts.topology import (
@@ -59,6 +61,7 @@ TOKEN_CLAIMS: dict[str, str] = {
     "jti": "equals `job_id`",
     "body_sha256": "base64url (no padding) SHA-256 of the exact body bytes",
     "scope": f"space-separated; `{SCOPE_GENERATE}` to generate, `{SCOPE_CANCEL}` to cancel",
+    QUOTA_CLAIM: "optional: per-caller caps (`max_pixels`, `max_steps`, `max_images`), `models`, `priority`",
 }
 
 
@@ -128,6 +131,9 @@ def _json_schemas() -> dict[str, Json]:
         ),
         "generation-request.json": _standalone(
             GenerationRequest.model_json_schema(), stem="generation-request", title="GenerationRequest"
+        ),
+        "worker-heartbeat.json": _standalone(
+            WorkerHeartbeat.model_json_schema(), stem="worker-heartbeat", title="WorkerHeartbeat"
         ),
         "result-record.json": _standalone(
             TERMINAL_EVENT_ADAPTER.json_schema(),

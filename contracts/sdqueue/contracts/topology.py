@@ -10,11 +10,17 @@ DEAD_QUEUE = "sdqueue.dead"
 EVENTS_EXCHANGE = "sdqueue.events"
 CONTROL_EXCHANGE = "sdqueue.control"
 REQUESTS_QUEUE_PREFIX = "sdqueue.requests."
+WEBHOOKS_QUEUE = "sdqueue.webhooks"
+OVERFLOW_QUEUE_PREFIX = "sdqueue.overflow."
 
 AUTHORIZATION_HEADER = "authorization"
 DELIVERY_COUNT_HEADER = "x-delivery-count"
+CALLBACK_URL_HEADER = "sdqueue-callback-url"
+TASK_SIGNATURE_HEADER = "sdqueue-task-signature"
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_DELIVERY_LIMIT = 3
+# Redeliveries of one webhook task (relay crashes and restarts); its POST retries happen inside one delivery.
+WEBHOOK_DELIVERY_LIMIT = 10
 
 
 def request_queue_arguments(delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> dict[str, Any]:
@@ -28,9 +34,19 @@ def request_queue_arguments(delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> dic
     }
 
 
+def webhook_queue_arguments() -> dict[str, Any]:
+    """Arguments of `sdqueue.webhooks`: a quorum queue like the request queues, dead-lettering to `sdqueue.dead`."""
+    return request_queue_arguments(WEBHOOK_DELIVERY_LIMIT)
+
+
 def requests_queue(alias: str) -> str:
     """Name the quorum queue that holds requests for one model alias."""
     return f"{REQUESTS_QUEUE_PREFIX}{alias}"
+
+
+def overflow_queue(alias: str) -> str:
+    """Name the quorum queue where a worker moves the jobs of callers over their fair share, per model alias."""
+    return f"{OVERFLOW_QUEUE_PREFIX}{alias}"
 
 
 def event_routing_key(job_id: str, event_type: str) -> str:

@@ -2,6 +2,7 @@
 
 Each job still verifies, records, publishes and settles on its own; only the generate stage is shared. A batch
 that fails is retried job by job, so one bad job never fails (or burns the delivery count of) its neighbours.
+Batches start with the highest-ranked waiting job (fair intake's lanes), first come first served within a rank.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from sdqueue.worker.generate import BatchKey, GeneratedImages, GenerationSpec, I
 
 log = logging.getLogger(__name__)
 
+PROMOTED_RANK = 1_000  # above every lane's rank: a job that waited too long goes next
+
 
 @dataclass(eq=False, kw_only=True)
 class _Item:
@@ -26,6 +29,8 @@ class _Item:
     on_step: Callable[[int, int], None]
     should_stop: Callable[[], bool]
     future: asyncio.Future[GeneratedImages]
+    rank: int
+    queued_at: float
     key: BatchKey = field(init=False)
 
     def __post_init__(self) -> None:
@@ -47,8 +52,10 @@ class Batcher:
         executor: ThreadPoolExecutor,
         batching: BatchSettings,
         on_batch: Callable[[int], None] | None = None,
+        promote_after_s: float = float("inf"),
     ) -> None:
         self._generator = generator
+        self._promote_after_s = promote_after_s
         self._on_batch = on_batch
         self._executor = executor
         self._batching = batching
@@ -56,15 +63,24 @@ class Batcher:
         self._held: collections.deque[_Item] = collections.deque()
 
     async def generate(
-        self, spec: GenerationSpec, *, on_step: Callable[[int, int], None], should_stop: Callable[[], bool]
+        self,
+        spec: GenerationSpec,
+        *,
+        on_step: Callable[[int, int], None],
+        should_stop: Callable[[], bool],
+        rank: int = 0,
     ) -> GeneratedImages:
-        """Queue one job's spec and return its images once its batch has run.
+        """Queue one job's spec and return its images once its batch has run; higher `rank` runs sooner.
 
         Raises:
             The generator's errors, for this job alone.
         """
-        future: asyncio.Future[GeneratedImages] = asyncio.get_running_loop().create_future()
-        self._arrivals.put_nowait(_Item(spec=spec, on_step=on_step, should_stop=should_stop, future=future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[GeneratedImages] = loop.create_future()
+        item = _Item(
+            spec=spec, on_step=on_step, should_stop=should_stop, future=future, rank=rank, queued_at=loop.time()
+        )
+        self._arrivals.put_nowait(item)
         return await future
 
     async def run(self) -> None:
@@ -74,7 +90,12 @@ class Batcher:
             await self._run(batch)
 
     async def _gather(self) -> list[_Item]:
-        first = self._held.popleft() if self._held else await self._arrivals.get()
+        if not self._held:
+            self._held.append(await self._arrivals.get())
+        while not self._arrivals.empty():
+            self._held.append(self._arrivals.get_nowait())
+        first = self._by_rank()[0]
+        self._held.remove(first)
         batch = [first]
         batch.extend(self._take_held(first, batch))
         loop = asyncio.get_running_loop()
@@ -91,9 +112,18 @@ class Batcher:
                 self._held.append(item)
         return [item for item in batch if not item.future.done()]
 
+    def _by_rank(self) -> list[_Item]:
+        """Held jobs, highest rank first (a job held past `promote_after_s` outranks all), oldest first within."""
+        now = asyncio.get_running_loop().time()
+
+        def effective(item: _Item) -> int:
+            return item.rank if now - item.queued_at < self._promote_after_s else PROMOTED_RANK
+
+        return sorted(self._held, key=lambda item: -effective(item))  # sorted is stable: arrival order within a rank
+
     def _take_held(self, first: _Item, batch: list[_Item]) -> list[_Item]:
         taken: list[_Item] = []
-        for item in list(self._held):
+        for item in self._by_rank():
             if item.key == first.key and self._fits([*batch, *taken], item):
                 self._held.remove(item)
                 taken.append(item)

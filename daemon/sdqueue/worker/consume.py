@@ -7,6 +7,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 import aio_pika
 from aio_pika.abc import (
@@ -27,11 +28,16 @@ from sdqueue.contracts.topology import (
     DELIVERY_COUNT_HEADER,
     EVENTS_EXCHANGE,
     REQUESTS_EXCHANGE,
+    WEBHOOKS_QUEUE,
+    overflow_queue,
     request_queue_arguments,
     requests_queue,
+    webhook_queue_arguments,
 )
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
+
+Lane = Literal["main", "overflow"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +53,7 @@ class Delivery:
     correlation_id: str | None
     delivery_count: int
     published_at: datetime | None
+    lane: Lane = "main"
 
     @property
     def attempt(self) -> int:
@@ -78,6 +85,8 @@ async def declare_topology(channel: AbstractChannel, *, aliases: Iterable[str], 
     await channel.declare_exchange(CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
     dead_queue = await channel.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
     await dead_queue.bind(dead)
+    # Declared even when this worker runs no relay, so its webhook tasks wait for a standalone one.
+    await channel.declare_queue(WEBHOOKS_QUEUE, durable=True, arguments=webhook_queue_arguments())
     queues = {}
     for alias in aliases:
         queue = await channel.declare_queue(
@@ -88,16 +97,30 @@ async def declare_topology(channel: AbstractChannel, *, aliases: Iterable[str], 
     return Topology(events=events, requests=queues)
 
 
-async def consume_jobs(queue: AbstractQueue, *, alias: str, on_delivery: Callable[[Delivery], Awaitable[None]]) -> str:
-    """Start consuming one request queue with manual acks; returns the consumer tag used to cancel."""
+async def declare_overflow(
+    channel: AbstractChannel, *, aliases: Iterable[str], delivery_limit: int
+) -> dict[str, AbstractQueue]:
+    """Declare each alias's overflow lane on the channel that will consume it (reached by queue name only)."""
+    return {
+        alias: await channel.declare_queue(
+            overflow_queue(alias), durable=True, arguments=request_queue_arguments(delivery_limit)
+        )
+        for alias in aliases
+    }
+
+
+async def consume_jobs(
+    queue: AbstractQueue, *, alias: str, on_delivery: Callable[[Delivery], Awaitable[None]], lane: Lane = "main"
+) -> str:
+    """Start consuming one request queue (a main or overflow lane) with manual acks; returns the consumer tag."""
 
     async def on_message(message: AbstractIncomingMessage) -> None:
-        await on_delivery(to_delivery(message, alias=alias))
+        await on_delivery(to_delivery(message, alias=alias, lane=lane))
 
     return await queue.consume(on_message, no_ack=False)
 
 
-def to_delivery(message: AbstractIncomingMessage, *, alias: str) -> Delivery:
+def to_delivery(message: AbstractIncomingMessage, *, alias: str, lane: Lane = "main") -> Delivery:
     """Read what the pipeline needs from a raw message."""
     headers = message.headers or {}
     authorization = headers.get(AUTHORIZATION_HEADER)
@@ -116,4 +139,5 @@ def to_delivery(message: AbstractIncomingMessage, *, alias: str) -> Delivery:
         correlation_id=message.correlation_id,
         delivery_count=max(count, 0) if isinstance(count, int) else 0,
         published_at=published_at,
+        lane=lane,
     )

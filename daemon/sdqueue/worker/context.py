@@ -13,7 +13,7 @@ from sdqueue.contracts import CancelledEvent, ErrorInfo, FailedEvent, StartedEve
 
 @dataclass(kw_only=True)
 class JobContext:
-    """Mutable per-job state; filled in as stages succeed (owner after verify, metadata after validate)."""
+    """Mutable per-job state; filled in as stages succeed (owner after verify, metadata and callback after validate)."""
 
     job_id: str
     model: str
@@ -21,7 +21,9 @@ class JobContext:
     attempt: int
     published_at: datetime | None
     owner: str | None = None
+    rank: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
+    callback_url: str | None = None  # set only once the allow-list accepted it
     phase_s: dict[str, float] = field(default_factory=dict)
     started_monotonic: float = field(default_factory=time.monotonic)
 

@@ -8,7 +8,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Literal
 
-NOISY_LOGGERS = ("aio_pika", "aiormq", "botocore", "urllib3", "diffusers", "transformers", "PIL")
+NOISY_LOGGERS = ("aio_pika", "aiormq", "botocore", "urllib3", "httpx", "httpcore", "diffusers", "transformers", "PIL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Set by the per-job task; asyncio copies the context into each task, so concurrent jobs do not mix.

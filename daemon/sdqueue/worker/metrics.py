@@ -29,6 +29,12 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.requeues = Counter("sdqueue_requeues", "Retryable failures requeued.", ["model"], registry=self.registry)
+        self.overflowed = Counter(
+            "sdqueue_overflowed",
+            "Jobs moved to the overflow lane (caller over its share).",
+            ["model"],
+            registry=self.registry,
+        )
         self.images = Counter("sdqueue_images", "Images generated and stored.", ["model"], registry=self.registry)
         self.queue_wait = Histogram(
             "sdqueue_queue_wait_seconds", "Publish to start of work.", buckets=SECONDS_BUCKETS, registry=self.registry
@@ -45,6 +51,12 @@ class WorkerMetrics:
         )
         self.models_loaded = Gauge(
             "sdqueue_model_loaded", "1 for each loaded model.", ["model"], registry=self.registry
+        )
+        self.webhooks = Counter(
+            "sdqueue_webhooks",
+            "Webhook outcomes: delivered, retry (one failed attempt), dead_lettered, refused.",
+            ["outcome"],
+            registry=self.registry,
         )
         if gpu_memory_bytes is not None:
             gauge = Gauge("sdqueue_gpu_memory_bytes", "GPU memory allocated by torch.", registry=self.registry)
@@ -63,6 +75,10 @@ class WorkerMetrics:
             seconds = getattr(event.timings, phase)
             if seconds is not None:
                 self.phase.labels(phase=phase).observe(seconds)
+
+    def count_webhook(self, outcome: str) -> None:
+        """Count one webhook outcome reported by the in-process relay."""
+        self.webhooks.labels(outcome=outcome).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

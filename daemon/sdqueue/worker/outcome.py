@@ -17,6 +17,7 @@ from sdqueue.worker.context import JobContext
 from sdqueue.worker.errors import Forbidden, SdqueueError
 from sdqueue.worker.publish import publish_event
 from sdqueue.worker.services import Services
+from sdqueue.worker.webhooks import enqueue_webhook
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ async def republish_record(*, ctx: JobContext, delivery: Delivery, services: Ser
     if record.owner != ctx.owner:
         raise Forbidden("this job id is already used by another caller")
     log.info("job %s already finished; re-publishing its record", ctx.job_id)
-    await emit(record.event, delivery=delivery, services=services)
+    await announce(record.event, ctx=ctx, delivery=delivery, services=services)
     return True
 
 
@@ -85,8 +86,21 @@ async def finish(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, s
         record = None if written else await load_record(ctx.job_id, services=services)
         if record is not None and record.owner == ctx.owner:
             event = record.event
-    await emit(event, delivery=delivery, services=services)
+    await announce(event, ctx=ctx, delivery=delivery, services=services)
     services.metrics.observe_outcome(event)
+
+
+async def announce(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:
+    """Publish a terminal event and, when the request named an allowed callback, queue its webhook; both confirmed."""
+    await emit(event, delivery=delivery, services=services)
+    if ctx.callback_url is not None:
+        await enqueue_webhook(
+            event,
+            url=ctx.callback_url,
+            channel=services.channel,
+            webhooks=services.settings.webhooks,
+            timeout_s=services.settings.broker.publish_timeout_s,
+        )
 
 
 async def report_failure(error: SdqueueError, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:

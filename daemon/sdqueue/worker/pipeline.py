@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -36,6 +35,7 @@ from sdqueue.worker.errors import (
     SdqueueError,
     ServiceUnavailable,
 )
+from sdqueue.worker.fairness import batch_rank
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec
 from sdqueue.worker.inputs import decode_inline_image, load_init_image
 from sdqueue.worker.outcome import emit, finish, report_failure, republish_record
@@ -44,9 +44,7 @@ from sdqueue.worker.services import Services
 from sdqueue.worker.settle import Settlement
 from sdqueue.worker.validate import image_seeds, job_id_from_body, parse_job
 from sdqueue.worker.verify import verify_token
-
-if TYPE_CHECKING:
-    pass
+from sdqueue.worker.webhooks import check_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +105,7 @@ async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> No
     claims = verify_token(
         delivery.authorization, body=delivery.body, job_id=ctx.job_id, auth=settings.auth, keys=services.keys
     )
-    ctx.owner = claims.subject
+    ctx.owner, ctx.rank = claims.subject, batch_rank(delivery.lane, claims.quota.priority)
     generator = services.generators[delivery.alias]
     request = parse_job(
         delivery.body,
@@ -116,8 +114,10 @@ async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> No
         # The routing key chose this queue; a body naming another alias was routed wrongly.
         served_models=(delivery.alias,),
         schedulers=generator.scheduler_names,
+        quota=claims.quota,
     )
     ctx.model, ctx.metadata = request.model, dict(request.metadata)
+    ctx.callback_url = check_callback_url(request.callback_url, webhooks=settings.webhooks)
     if await republish_record(ctx=ctx, delivery=delivery, services=services):
         return
     stop = services.registry.start(ctx.job_id, owner=claims.subject)
@@ -220,7 +220,7 @@ async def generate(
 
     try:
         with ctx.phase("generate"):
-            generated = await batcher.generate(spec, on_step=on_step, should_stop=should_stop)
+            generated = await batcher.generate(spec, on_step=on_step, should_stop=should_stop, rank=ctx.rank)
     except Cancelled as exc:
         if time.monotonic() > deadline:
             budget_s = services.settings.limits.max_generate_s

@@ -12,8 +12,10 @@ from aio_pika.abc import AbstractChannel, AbstractExchange
 from sdqueue.config import Settings
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.control import JobRegistry
+from sdqueue.worker.fairness import FairIntake
 from sdqueue.worker.generate import ImageGenerator
 from sdqueue.worker.metrics import WorkerMetrics
+from sdqueue.worker.models import ModelCache
 from sdqueue.worker.verify import VerificationKeys
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ class Services:
 
     settings: Settings
     keys: VerificationKeys
+    models: ModelCache
     generators: Mapping[str, ImageGenerator]
     batchers: Mapping[str, Batcher]
     s3: S3Client
@@ -34,3 +37,4 @@ class Services:
     stop_generation: threading.Event
     registry: JobRegistry
     metrics: WorkerMetrics
+    intake: FairIntake | None

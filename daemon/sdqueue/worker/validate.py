@@ -8,22 +8,30 @@ from collections.abc import Collection
 from pydantic import ValidationError
 
 from sdqueue.config import LimitSettings
-from sdqueue.config.limits import limit_violation
-from sdqueue.contracts import MAX_SEED, GenerationRequest
-from sdqueue.worker.errors import InvalidRequest, LimitsExceeded, UnknownModel
+from sdqueue.config.limits import caller_limits, limit_violation
+from sdqueue.contracts import MAX_SEED, GenerationRequest, Quota
+from sdqueue.contracts.quota import UNLIMITED
+from sdqueue.worker.errors import Forbidden, InvalidRequest, LimitsExceeded, UnknownModel
 
 MAX_REPORTED_ERRORS = 5
 
 
 def parse_job(
-    body: bytes, *, job_id: str, limits: LimitSettings, served_models: Collection[str], schedulers: Collection[str]
+    body: bytes,
+    *,
+    job_id: str,
+    limits: LimitSettings,
+    served_models: Collection[str],
+    schedulers: Collection[str],
+    quota: Quota = UNLIMITED,
 ) -> GenerationRequest:
-    """Parse and check a request body; `job_id` is the id the token was verified for.
+    """Parse and check a request body; `job_id` and `quota` come from the verified token.
 
     Raises:
-        LimitsExceeded: the body, image size, steps or image count is over this worker's caps.
+        LimitsExceeded: the body, image size, steps or image count is over this worker's or the caller's caps.
         InvalidRequest: not UTF-8 JSON of the contract's shape, or an unknown scheduler.
         UnknownModel: the alias is not served here.
+        Forbidden: the caller's quota does not allow this model.
     """
     if len(body) > limits.max_body_bytes:
         raise LimitsExceeded(f"request body is larger than {limits.max_body_bytes} bytes")
@@ -32,9 +40,11 @@ def parse_job(
         raise InvalidRequest("job_id does not match the message id")
     if request.model not in served_models:
         raise UnknownModel(f"model {request.model!r} is not served")
+    if quota.models is not None and request.model not in quota.models:
+        raise Forbidden(f"the caller's quota does not allow model {request.model!r}")
     if request.scheduler is not None and request.scheduler not in schedulers:
         raise InvalidRequest(f"unknown scheduler {request.scheduler!r}; known: {', '.join(sorted(schedulers))}")
-    check_limits(request, limits=limits)
+    check_limits(request, limits=caller_limits(limits, quota))
     return request
 
 

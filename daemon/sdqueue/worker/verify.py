@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from pydantic import ValidationError
 
 from sdqueue.config import AuthSettings
-from sdqueue.contracts import SCOPE_ADMIN, SCOPE_GENERATE, body_sha256
+from sdqueue.contracts import QUOTA_CLAIM, SCOPE_ADMIN, SCOPE_GENERATE, Quota, body_sha256
+from sdqueue.contracts.quota import UNLIMITED
 from sdqueue.contracts.tokens import BEARER_PREFIX, REQUIRED_CLAIMS
 from sdqueue.worker.errors import BodyMismatch, Forbidden, InvalidToken, TokenExpired, Unauthenticated
 
@@ -34,6 +36,7 @@ class Claims:
     job_id: str
     scopes: frozenset[str]
     expires_at: datetime
+    quota: Quota = UNLIMITED
 
 
 def load_keys(auth: AuthSettings) -> VerificationKeys:
@@ -61,7 +64,8 @@ def verify_token(
 
     Raises:
         Unauthenticated: no bearer token, or one that is not a JWT.
-        InvalidToken: bad signature, disallowed algorithm, unknown key, or a claim that does not hold.
+        InvalidToken: bad signature, disallowed algorithm, unknown key, or a claim that does not hold
+            (a malformed `quota` included).
         TokenExpired: `exp` passed before the job could start.
         BodyMismatch: the token was signed for other body bytes.
         Forbidden: the token has none of `required_scopes` (by default generate or admin).
@@ -81,7 +85,17 @@ def verify_token(
         job_id=job_id,
         scopes=scopes,
         expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+        quota=_quota(payload.get(QUOTA_CLAIM)),
     )
+
+
+def _quota(claim: object) -> Quota:
+    if claim is None:
+        return UNLIMITED
+    try:
+        return Quota.model_validate(claim)
+    except ValidationError as exc:
+        raise InvalidToken("token quota claim is malformed") from exc
 
 
 def _bearer_token(authorization: str | None) -> str:

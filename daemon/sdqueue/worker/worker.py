@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -20,10 +19,11 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from sdqueue.config import S3Settings, Settings, make_s3_client
 from sdqueue.worker import store
 from sdqueue.worker.batching import Batcher
-from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_topology
+from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_overflow, declare_topology
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
 from sdqueue.worker.errors import StorageError
+from sdqueue.worker.fairness import FairIntake, take_in
 from sdqueue.worker.generate import (
     ImageGenerator,
     describe_runtime,
@@ -33,13 +33,16 @@ from sdqueue.worker.generate import (
     warm_up,
 )
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
+from sdqueue.worker.heartbeat import heartbeats
 from sdqueue.worker.logs import current_job_id
 from sdqueue.worker.metrics import WorkerMetrics
+from sdqueue.worker.models import CachedModel, ModelCache
 from sdqueue.worker.pipeline import process_delivery, retry_or_give_up
 from sdqueue.worker.publish import PublishFailed
 from sdqueue.worker.services import Services
 from sdqueue.worker.settle import Settlement, settle
 from sdqueue.worker.verify import load_keys
+from sdqueue.worker.webhooks import running_relay
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -53,9 +56,8 @@ async def run_worker(settings: Settings) -> None:
     try:
         log.info("runtime: %s", describe_runtime(settings.runtime))
         metrics = WorkerMetrics(gpu_memory_bytes=gpu_memory_probe(settings.runtime))
-        generators = await load_models(settings, executor=executor)
-        for alias in generators:
-            metrics.models_loaded.labels(model=alias).set(1)
+        models = await load_models(settings, executor=executor, metrics=metrics)
+        generators = {alias: CachedModel(models, alias) for alias in models.aliases}
         s3 = make_s3_client(settings.s3)
         await wait_for_storage(s3, s3_settings=settings.s3)
         connection = await connect(settings.broker)
@@ -66,9 +68,16 @@ async def run_worker(settings: Settings) -> None:
             topology = await declare_topology(
                 channel, aliases=generators.keys(), delivery_limit=settings.broker.delivery_limit
             )
+            # The overflow lanes get a channel of their own so their prefetch never crowds out the main lanes.
+            overflow_channel = await connection.channel()
+            await overflow_channel.set_qos(prefetch_count=settings.fairness.overflow_prefetch)
+            overflow = await declare_overflow(
+                overflow_channel, aliases=generators.keys(), delivery_limit=settings.broker.delivery_limit
+            )
             services = Services(
                 settings=settings,
                 keys=load_keys(settings.auth),
+                models=models,
                 generators=generators,
                 batchers=batchers,
                 s3=s3,
@@ -77,9 +86,11 @@ async def run_worker(settings: Settings) -> None:
                 stop_generation=threading.Event(),
                 registry=JobRegistry(),
                 metrics=metrics,
+                intake=FairIntake(settings.fairness) if settings.fairness.enabled else None,
             )
-            async with health_endpoint(settings, connection=connection, s3=s3, metrics=metrics):
-                await serve(topology.requests, services=services)
+            relay = running_relay(connection, webhooks=settings.webhooks, on_outcome=metrics.count_webhook)
+            async with relay, health_endpoint(settings, connection=connection, s3=s3, metrics=metrics):
+                await serve(topology.requests, overflow=overflow, services=services)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker %s stopped", settings.worker_name)
@@ -95,7 +106,13 @@ async def running_batchers(
 ) -> AsyncIterator[dict[str, Batcher]]:
     """One batcher per model alias, each forming batches in its own task until the worker stops."""
     batchers = {
-        alias: Batcher(generator, executor=executor, batching=settings.batching, on_batch=metrics.batch_images.observe)
+        alias: Batcher(
+            generator,
+            executor=executor,
+            batching=settings.batching,
+            on_batch=metrics.batch_images.observe,
+            promote_after_s=settings.fairness.promote_after_s,
+        )
         for alias, generator in generators.items()
     }
     tasks = [asyncio.create_task(batcher.run(), name=f"batcher:{alias}") for alias, batcher in batchers.items()]
@@ -147,24 +164,39 @@ async def health_endpoint(
             await probe
 
 
-async def load_models(settings: Settings, *, executor: ThreadPoolExecutor) -> dict[str, ImageGenerator]:
-    """Load every served alias on the generation thread; the default tiny model is built on first use."""
-    loop = asyncio.get_running_loop()
-    generators = {}
-    for alias, source in settings.model_sources().items():
+async def load_models(settings: Settings, *, executor: ThreadPoolExecutor, metrics: WorkerMetrics) -> ModelCache:
+    """Load every served alias once on the generation thread (the tiny default is built on first use), within the
+    memory budget; models unloaded by the budget come back on their next job."""
+
+    def load(alias: str, source: str) -> ImageGenerator:
         if Path(source) == settings.tiny_model_dir:
-            await loop.run_in_executor(executor, ensure_tiny_model, settings.tiny_model_dir)
+            ensure_tiny_model(settings.tiny_model_dir)
         log.info("loading model %s from %s", alias, source)
-        load = functools.partial(load_generator, source, runtime=settings.runtime)
-        generators[alias] = await loop.run_in_executor(executor, load)
+        generator = load_generator(source, runtime=settings.runtime)
         started = time.monotonic()
-        await loop.run_in_executor(executor, functools.partial(warm_up, generators[alias], runtime=settings.runtime))
+        warm_up(generator, runtime=settings.runtime)
         log.info("model %s warmed up in %.2fs", alias, time.monotonic() - started)
-    return generators
+        return generator
+
+    def on_change(loaded: tuple[str, ...]) -> None:
+        for alias in settings.model_sources():
+            metrics.models_loaded.labels(model=alias).set(1 if alias in loaded else 0)
+
+    budget_mb = settings.runtime.model_memory_mb
+    cache = ModelCache(
+        settings.model_sources(),
+        load=load,
+        budget_bytes=None if budget_mb is None else budget_mb * 2**20,
+        on_change=on_change,
+    )
+    await asyncio.get_running_loop().run_in_executor(executor, cache.load_all)
+    return cache
 
 
-async def serve(queues: Mapping[str, AbstractQueue], *, services: Services) -> None:
-    """Consume until a stop signal, then stop intake, give in-flight jobs the grace period and requeue the rest."""
+async def serve(
+    queues: Mapping[str, AbstractQueue], *, overflow: Mapping[str, AbstractQueue], services: Services
+) -> None:
+    """Consume both lanes until a stop signal, then drain: in-flight jobs get the grace period, the rest requeue."""
     stopping = asyncio.Event()
     _install_signal_handlers(stopping)
     in_flight: set[asyncio.Task[None]] = set()
@@ -173,9 +205,13 @@ async def serve(queues: Mapping[str, AbstractQueue], *, services: Services) -> N
         if stopping.is_set():
             await settle(delivery.message, "requeue", job_id=delivery.message_id)
             return
+        on_settled = await take_in(delivery, services=services)
+        if on_settled is None:
+            return  # moved to the overflow lane
         task = asyncio.create_task(handle_delivery(delivery, services), name=f"job:{delivery.message_id}")
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
+        task.add_done_callback(lambda _: on_settled())
 
     async def on_control(message: AbstractIncomingMessage) -> None:
         apply_cancel(message, registry=services.registry, auth=services.settings.auth, keys=services.keys)
@@ -184,12 +220,19 @@ async def serve(queues: Mapping[str, AbstractQueue], *, services: Services) -> N
     control_queue = await consume_control(
         services.channel, worker_name=services.settings.worker_name, on_message=on_control
     )
-    tags = {alias: await consume_jobs(queue, alias=alias, on_delivery=on_delivery) for alias, queue in queues.items()}
+    consumers = [
+        *[(queue, await consume_jobs(queue, alias=alias, on_delivery=on_delivery)) for alias, queue in queues.items()],
+        *[
+            (queue, await consume_jobs(queue, alias=alias, on_delivery=on_delivery, lane="overflow"))
+            for alias, queue in overflow.items()
+        ],
+    ]
     log.info("worker %s ready; serving %s", services.settings.worker_name, ", ".join(sorted(queues)))
-    await stopping.wait()
+    async with heartbeats(services, in_flight=in_flight, stopping=stopping):
+        await stopping.wait()
     log.info("stopping: intake closed, %d job(s) in flight", len(in_flight))
-    for alias, tag in tags.items():
-        await queues[alias].cancel(tag)
+    for queue, tag in consumers:
+        await queue.cancel(tag)
     await drain(in_flight, services=services)
     log.debug("control queue %s released", control_queue.name)
 

@@ -3,7 +3,7 @@
 # Sets the libraries' log levels before anything below imports them.
 from sdqueue.worker.generate import _quiet as _quiet
 from sdqueue.worker.generate._diffusers import load_generator, warm_up
-from sdqueue.worker.generate._runtime import describe_runtime, gpu_memory_probe
+from sdqueue.worker.generate._runtime import describe_runtime, gpu_memory_probe, resolve_device
 from sdqueue.worker.generate._schedulers import SCHEDULERS
 from sdqueue.worker.generate._spec import BatchKey, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
 from sdqueue.worker.generate.tiny import build_tiny_model, ensure_tiny_model
@@ -20,5 +20,6 @@ __all__ = [
     "ensure_tiny_model",
     "gpu_memory_probe",
     "load_generator",
+    "resolve_device",
     "warm_up",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +18,7 @@ from PIL import Image
 from sdqueue.config.settings import RuntimeSettings
 from sdqueue.contracts import Mode
 from sdqueue.worker.errors import Cancelled, GenerationFailed, InvalidRequest, OutOfMemory
+from sdqueue.worker.generate._invariant import make_batch_invariant
 from sdqueue.worker.generate._runtime import apply_threads, resolve_device, resolve_dtype
 from sdqueue.worker.generate._schedulers import compatible_names, make_scheduler
 from sdqueue.worker.generate._spec import GeneratedImages, GenerationSpec, ImageGenerator, batch_key
@@ -43,6 +45,11 @@ def load_generator(source: str, *, runtime: RuntimeSettings) -> ImageGenerator:
         # It blacks out images silently (at random, on random weights); moderation belongs before the queue.
         text2img.safety_checker = None
     text2img.to(device)
+    if device.type == "cpu":
+        # A micro-batched image must be bit-equal to the same seed run alone.
+        for component in text2img.components.values():
+            if isinstance(component, torch.nn.Module):
+                make_batch_invariant(component)
     apply_speed_options(text2img, runtime=runtime)
     img2img = AutoPipelineForImage2Image.from_pipe(text2img)
     return DiffusersGenerator({"txt2img": text2img, "img2img": img2img}, device=device)
@@ -101,6 +108,20 @@ class DiffusersGenerator:
     @property
     def scheduler_names(self) -> tuple[str, ...]:
         return self._scheduler_names
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the weights and buffers of every module (both modes share them)."""
+        modules = [m for m in self._pipelines["txt2img"].components.values() if isinstance(m, torch.nn.Module)]
+        tensors = [t for module in modules for t in (*module.parameters(), *module.buffers())]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def release(self) -> None:
+        """Drop the pipelines and give their device memory back; the generator is unusable afterwards."""
+        self._pipelines.clear()
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def generate(
         self, spec: GenerationSpec, *, on_step: StepCallback | None = None, should_stop: StopCheck | None = None

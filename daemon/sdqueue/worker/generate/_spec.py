@@ -53,6 +53,15 @@ class ImageGenerator(Protocol):
         """The scheduler names `generate` accepts besides None (the model's own)."""
         ...
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes its weights take on the device; what the model memory budget counts."""
+        ...
+
+    def release(self) -> None:
+        """Free the model's memory; the generator is not used again."""
+        ...
+
     def generate(
         self,
         spec: GenerationSpec,

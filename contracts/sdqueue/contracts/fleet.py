@@ -1,0 +1,40 @@
+"""Worker heartbeats on `sdqueue.events`: which workers are up, what they serve and which models they hold loaded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from sdqueue.contracts.events import utc_now
+from sdqueue.contracts.request import ModelAlias
+
+HEARTBEAT_PATTERN = "worker.heartbeat.#"
+
+
+def heartbeat_routing_key(worker: str) -> str:
+    """Routing key of a worker's heartbeats; `#` in the pattern also matches names with dots (host names)."""
+    return f"worker.heartbeat.{worker}"
+
+
+class WorkerHeartbeat(BaseModel):
+    """What a worker says about itself every `heartbeat_interval_s`; `sdqueue models` builds the fleet view from it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    type: Literal["heartbeat"] = "heartbeat"
+    worker: str
+    at: AwareDatetime = Field(default_factory=utc_now)
+    state: Literal["ready", "draining"]
+    models: tuple[ModelAlias, ...] = Field(description="Aliases this worker consumes.")
+    loaded: tuple[ModelAlias, ...] = Field(description="Aliases whose pipelines are in memory, most recent last.")
+    device: str
+    in_flight: Annotated[int, Field(ge=0)]
+    interval_s: Annotated[float, Field(gt=0)] = Field(description="Seconds until the next heartbeat.")
+
+    @field_validator("at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)

@@ -1,0 +1,75 @@
+"""The worker's heartbeat on `sdqueue.events`: who is up, what it serves, what it holds loaded (`sdqueue models`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Sized
+from typing import TYPE_CHECKING
+
+import aio_pika
+from aio_pika.abc import AbstractExchange
+from aio_pika.exceptions import AMQPError
+
+from sdqueue.contracts import WorkerHeartbeat, heartbeat_routing_key
+from sdqueue.worker.generate import resolve_device
+
+if TYPE_CHECKING:
+    from sdqueue.worker.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def heartbeats(services: Services, *, in_flight: Sized, stopping: asyncio.Event) -> AsyncIterator[None]:
+    """Send heartbeats while the block runs, and a last one (`draining`) when it ends."""
+    settings = services.settings
+
+    def describe() -> WorkerHeartbeat:
+        return WorkerHeartbeat(
+            worker=settings.worker_name,
+            state="draining" if stopping.is_set() else "ready",
+            models=services.models.aliases,
+            loaded=services.models.loaded,
+            device=str(resolve_device(settings.runtime)),
+            in_flight=len(in_flight),
+            interval_s=settings.heartbeat_interval_s,
+        )
+
+    timeout_s = settings.broker.publish_timeout_s
+    loop = asyncio.create_task(_send_every(settings.heartbeat_interval_s, services.events, describe, timeout_s))
+    try:
+        yield
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        await send_heartbeat(services.events, describe(), timeout_s=timeout_s)
+
+
+async def _send_every(
+    interval_s: float, events: AbstractExchange, describe: Callable[[], WorkerHeartbeat], timeout_s: float
+) -> None:
+    while True:
+        await send_heartbeat(events, describe(), timeout_s=timeout_s)
+        await asyncio.sleep(interval_s)
+
+
+async def send_heartbeat(events: AbstractExchange, heartbeat: WorkerHeartbeat, *, timeout_s: float) -> None:
+    """Publish one heartbeat, transient and expiring after three intervals; a lost one is only logged."""
+    message = aio_pika.Message(
+        heartbeat.model_dump_json().encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+        message_id=uuid.uuid4().hex,
+        type=heartbeat.type,
+        timestamp=heartbeat.at,
+        expiration=3 * heartbeat.interval_s,
+    )
+    try:
+        async with asyncio.timeout(timeout_s):
+            await events.publish(message, routing_key=heartbeat_routing_key(heartbeat.worker), mandatory=False)
+    except (AMQPError, TimeoutError, ConnectionError, RuntimeError) as exc:
+        log.debug("heartbeat lost: %s", exc)
