@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sdqueue.client import SdqueueClient, UnroutableRequest
-from sdqueue.contracts import SucceededEvent
+from sdqueue.client import SdqueueClient, UnroutableRequest, new_job_id
+from sdqueue.contracts import GenerationRequest, SucceededEvent
 from tests.e2e.requests import txt2img
 from tests.plugins.isolated import IsolatedStack
 
@@ -29,3 +29,19 @@ async def test_each_alias_runs_on_its_own_worker(isolated: IsolatedStack, isolat
     ]
     with pytest.raises(UnroutableRequest):
         await isolated_client.submit(txt2img(model="default"))
+
+
+async def test_a_models_defaults_fill_what_the_request_leaves_out(
+    isolated: IsolatedStack, isolated_client: SdqueueClient
+):
+    defaults = {"default": {"width": 72, "height": 64, "steps": 2}}
+    isolated.start_worker("with-defaults", isolated.settings.model_copy(update={"model_defaults": defaults}))
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    bare = GenerationRequest.model_validate(
+        {"schema_version": 1, "job_id": new_job_id(), "mode": "txt2img", "prompt": "a lighthouse"}
+    )
+    sized = txt2img(width=64, height=80)
+
+    events = [await isolated_client.generate(request, timeout_s=120) for request in (bare, sized)]
+
+    assert [(event.images[0].width, event.images[0].height) for event in events] == [(72, 64), (64, 80)]

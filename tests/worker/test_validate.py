@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sdqueue.config import LimitSettings
+from sdqueue.config import LimitSettings, ModelDefaults
 from sdqueue.contracts import ErrorCode
 from sdqueue.worker.errors import SdqueueError
 from sdqueue.worker.validate import derive_seed, image_seeds, job_id_from_body, parse_job
@@ -101,3 +101,29 @@ def test_seeds_are_consecutive_and_null_seed_is_stable():
 def test_job_id_from_body_only_for_valid_requests():
     assert job_id_from_body(_body()) == "job-1"
     assert job_id_from_body(b"garbage") is None
+
+
+def test_model_defaults_fill_only_the_fields_a_body_leaves_out():
+    defaults = ModelDefaults(width=128, height=64, steps=30, scheduler="ddim", negative_prompt="blurry")
+    body = _body(steps=10)  # width, height, scheduler and negative prompt left out
+
+    request = parse_job(
+        body, job_id="job-1", limits=LIMITS, served_models={"default"}, schedulers={"ddim"}, defaults=defaults
+    )
+
+    assert (request.width, request.height, request.steps) == (128, 64, 10)
+    assert (request.scheduler, request.negative_prompt) == ("ddim", "blurry")
+
+
+def test_model_defaults_are_held_to_the_workers_caps():
+    with pytest.raises(SdqueueError) as caught:
+        parse_job(
+            _body(),
+            job_id="job-1",
+            limits=LIMITS,
+            served_models={"default"},
+            schedulers={"euler"},
+            defaults=ModelDefaults(steps=51),
+        )
+
+    assert caught.value.code == ErrorCode.LIMITS_EXCEEDED

@@ -86,7 +86,7 @@ async def submit_job(request: GenerationRequest, *, owner: str, state: BridgeSta
 
 async def _publish(request: GenerationRequest, *, owner: str, state: BridgeState) -> None:
     # Built here rather than with `client.submit`: no reply queue, since the hub already sees every event.
-    body = request.model_dump_json().encode()
+    body = request.model_dump_json(exclude_unset=True).encode()  # the model's defaults fill what the caller left out
     token = mint_token(
         body, job_id=request.job_id, subject=owner, auth=state.settings.auth, ttl_s=state.settings.bridge.job_wait_ttl_s
     )

@@ -59,11 +59,12 @@ def _generation_options() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("-o", "--output", type=Path, help="where to write the image (default: <job_id>.<ext>)")
     options.add_argument("--model", default="default", help="model alias (default: default)")
-    options.add_argument("--negative", default="", help="negative prompt")
-    options.add_argument("--width", type=int, default=512)
-    options.add_argument("--height", type=int, default=512)
-    options.add_argument("--steps", type=int, default=25)
-    options.add_argument("--guidance", type=float, default=7.5, help="guidance scale")
+    # Left unset, these come from the model's defaults on the worker (else the contract's: 512x512, 25, 7.5).
+    options.add_argument("--negative", help="negative prompt")
+    options.add_argument("--width", type=int)
+    options.add_argument("--height", type=int)
+    options.add_argument("--steps", type=int)
+    options.add_argument("--guidance", type=float, help="guidance scale")
     options.add_argument("--seed", type=int, help="seed (default: derived from the job id)")
     options.add_argument("--num-images", type=int, default=1)
     options.add_argument("--scheduler", help="scheduler name, e.g. euler, dpmpp_2m")
@@ -156,25 +157,26 @@ def _add_webhook_commands(commands: argparse._SubParsersAction[argparse.Argument
 def request_from_args(
     args: argparse.Namespace, *, job_id: str, init: InitImageKey | InitImageData | None
 ) -> GenerationRequest:
-    """Build the wire request from command-line options."""
-    return GenerationRequest(
-        schema_version=SCHEMA_VERSION,
-        job_id=job_id,
-        mode="img2img" if init is not None else "txt2img",
-        model=args.model,
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        width=args.width,
-        height=args.height,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-        num_images=args.num_images,
-        scheduler=args.scheduler,
-        strength=args.strength if init is not None else None,
-        init_image=init,
-        output_format=args.output_format,
-    )
+    """Build the wire request from command-line options; options not given are left out of the body."""
+    fields = {
+        "schema_version": SCHEMA_VERSION,
+        "job_id": job_id,
+        "mode": "img2img" if init is not None else "txt2img",
+        "model": args.model,
+        "prompt": args.prompt,
+        "negative_prompt": args.negative,
+        "width": args.width,
+        "height": args.height,
+        "steps": args.steps,
+        "guidance_scale": args.guidance,
+        "seed": args.seed,
+        "num_images": args.num_images,
+        "scheduler": args.scheduler,
+        "strength": args.strength if init is not None else None,
+        "init_image": init,
+        "output_format": args.output_format,
+    }
+    return GenerationRequest.model_validate({name: value for name, value in fields.items() if value is not None})
 
 
 async def _generate(args: argparse.Namespace, *, init_path: Path | None) -> int:

@@ -140,7 +140,8 @@ class SdqueueClient:
             RequestRefused: the broker refused the message (queue full).
             BrokerUnavailable: no confirm in time.
         """
-        body = request.model_dump_json(exclude_defaults=False).encode()
+        # Only the fields the caller set: the worker fills the rest from the model's defaults.
+        body = request.model_dump_json(exclude_unset=True).encode()
         if token is None:
             token = mint_token(body, job_id=request.job_id, subject=subject or self._subject, auth=self._settings.auth)
         self._watchers.setdefault(request.job_id, asyncio.Queue())

@@ -95,6 +95,19 @@ class AuthSettings(_Group):
         return value
 
 
+class ModelDefaults(_Group):
+    """One alias's defaults for the request fields a body leaves out; values a body carries always win."""
+
+    width: Annotated[int, Field(ge=64, multiple_of=8)] | None = Field(default=None, description="Image width.")
+    height: Annotated[int, Field(ge=64, multiple_of=8)] | None = Field(default=None, description="Image height.")
+    steps: Annotated[int, Field(ge=1, le=150)] | None = Field(default=None, description="Denoising steps.")
+    guidance_scale: Annotated[float, Field(ge=0, le=30)] | None = Field(default=None, description="Guidance scale.")
+    scheduler: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")] | None = Field(
+        default=None, description="Scheduler name (one the worker lists)."
+    )
+    negative_prompt: Annotated[str, Field(max_length=4000)] | None = Field(default=None, description="Negative prompt.")
+
+
 class LimitSettings(_Group):
     """Caps the worker enforces before any heavy work."""
 
@@ -296,6 +309,11 @@ class Settings(BaseSettings):
     models: dict[Annotated[str, Field(pattern=MODEL_ALIAS_PATTERN)], str] = Field(
         default_factory=dict, description="More aliases: alias -> Hub id or folder."
     )
+    model_defaults: dict[Annotated[str, Field(pattern=MODEL_ALIAS_PATTERN)], ModelDefaults] = Field(
+        default_factory=dict,
+        description="Per-alias defaults for fields a request leaves out, as JSON: "
+        '`{"xl": {"width": 1024, "height": 1024, "steps": 30, "scheduler": "dpmpp_2m"}}`.',
+    )
     shutdown_grace_s: PositiveFloat = Field(default=30.0, description="Time in-flight jobs get on SIGTERM.")
     heartbeat_interval_s: PositiveFloat = Field(
         default=10.0, description="Seconds between the worker's heartbeats on `sdqueue.events` (`sdqueue models`)."
@@ -366,7 +384,7 @@ def _known_names() -> dict[str, set[str]]:
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             names[field_name.upper()] = {sub.upper() for sub in annotation.model_fields}
-        elif field_name == "models":
+        elif field_name in {"models", "model_defaults"}:
             names[field_name.upper()] = {"*"}
         else:
             names[field_name.upper()] = set()

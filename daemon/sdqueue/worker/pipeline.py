@@ -115,6 +115,7 @@ async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> No
         served_models=(delivery.alias,),
         schedulers=generator.scheduler_names,
         quota=claims.quota,
+        defaults=settings.model_defaults.get(delivery.alias),
     )
     ctx.model, ctx.metadata = request.model, dict(request.metadata)
     ctx.callback_url = check_callback_url(request.callback_url, webhooks=settings.webhooks)

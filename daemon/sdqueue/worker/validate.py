@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from pydantic import ValidationError
 
-from sdqueue.config import LimitSettings
+from sdqueue.config import LimitSettings, ModelDefaults
 from sdqueue.config.limits import caller_limits, limit_violation
 from sdqueue.contracts import MAX_SEED, GenerationRequest, Quota
 from sdqueue.contracts.quota import UNLIMITED
@@ -24,8 +24,10 @@ def parse_job(
     served_models: Collection[str],
     schedulers: Collection[str],
     quota: Quota = UNLIMITED,
+    defaults: ModelDefaults | None = None,
 ) -> GenerationRequest:
-    """Parse and check a request body; `job_id` and `quota` come from the verified token.
+    """Parse and check a request body; `job_id` and `quota` come from the verified token, `defaults` from the
+    served model's settings (for the fields the body leaves out).
 
     Raises:
         LimitsExceeded: the body, image size, steps or image count is over this worker's or the caller's caps.
@@ -42,10 +44,22 @@ def parse_job(
         raise UnknownModel(f"model {request.model!r} is not served")
     if quota.models is not None and request.model not in quota.models:
         raise Forbidden(f"the caller's quota does not allow model {request.model!r}")
+    if defaults is not None:
+        request = with_model_defaults(request, defaults)
     if request.scheduler is not None and request.scheduler not in schedulers:
         raise InvalidRequest(f"unknown scheduler {request.scheduler!r}; known: {', '.join(sorted(schedulers))}")
     check_limits(request, limits=caller_limits(limits, quota))
     return request
+
+
+def with_model_defaults(request: GenerationRequest, defaults: ModelDefaults) -> GenerationRequest:
+    """Fill the fields the body left out from the model's defaults; a field the body carries is kept."""
+    update = {
+        name: value
+        for name, value in defaults.model_dump(exclude_none=True).items()
+        if name not in request.model_fields_set
+    }
+    return request.model_copy(update=update) if update else request
 
 
 def check_limits(request: GenerationRequest, *, limits: LimitSettings) -> None:
