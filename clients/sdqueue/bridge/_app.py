@@ -33,7 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="sdqueue bridge", version="1", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
-    app.middleware("http")(_ops.count_requests(metrics))
+    app.add_middleware(_ops.RequestMetrics, metrics=metrics)
     app.include_router(_routes.router)
     app.include_router(_compat.router)
     app.include_router(_ops.router)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdqueue.bridge._errors import UNAVAILABLE, ErrorBody, error_response
 from sdqueue.bridge._markers import bucket_is_reachable
@@ -53,17 +53,28 @@ async def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def count_requests(
-    metrics: Metrics,
-) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    """HTTP middleware that counts answers and times them, by route template (never by raw path)."""
+class RequestMetrics:
+    """ASGI middleware that counts answers and times them to their headers, by route template (never raw path).
 
-    async def middleware(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    Plain ASGI rather than `@app.middleware("http")`, which costs a task and a stream per request.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self._app = app
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.latency.labels(method=request.method, route=route).observe(time.perf_counter() - started)
-        metrics.requests.labels(method=request.method, route=route, status=str(response.status_code)).inc()
-        return response
 
-    return middleware
+        async def send_counted(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                route = getattr(scope.get("route"), "path", "unmatched")
+                method = scope["method"]
+                self._metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - started)
+                self._metrics.requests.labels(method=method, route=route, status=str(message["status"])).inc()
+            await send(message)
+
+        await self._app(scope, receive, send_counted)

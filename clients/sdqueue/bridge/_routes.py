@@ -74,7 +74,7 @@ async def _verify(state: BridgeState, username: str, password: str) -> bool:
 async def txt2img(body: Txt2ImgBody, user: CurrentUser, state: State) -> JobAccepted:
     """Queue a txt2img job: the generation request's fields without `job_id`, which the bridge assigns."""
     job_id = new_bridge_job_id()
-    request = build_request({**body.model_dump(), "mode": "txt2img"}, job_id=job_id)
+    request = build_request({**body.model_dump(exclude_unset=True), "mode": "txt2img"}, job_id=job_id)
     await submit_job(request, owner=user, state=state)
     return JobAccepted(job_id=job_id, links=job_links(job_id))
 
@@ -95,7 +95,9 @@ async def img2img(
     """Queue an img2img job: the `image` file plus the request's fields as form fields."""
     job_id = new_bridge_job_id()
     init = await upload_init(image, job_id=job_id, state=state)
-    request = build_request({**form.model_dump(), "mode": "img2img", "init_image": init}, job_id=job_id)
+    request = build_request(
+        {**form.model_dump(exclude_unset=True), "mode": "img2img", "init_image": init}, job_id=job_id
+    )
     await submit_job(request, owner=user, state=state)
     return JobAccepted(job_id=job_id, links=job_links(job_id))
 
