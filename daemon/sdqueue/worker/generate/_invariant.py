@@ -5,7 +5,8 @@ On CPU, torch picks a kernel by the batch size in three places that a Stable Dif
 
 - conv2d: a batch of 1 with at most 20,480 input elements goes to the native im2col + MKL kernel, and so do
   1x1 convolutions below batch 16 on one thread; everything else goes to oneDNN. oneDNN also keeps a
-  channels-last input channels-last, so the two routes differ in memory format downstream as well.
+  channels-last input channels-last (the VAE's attention hands one over), the native kernel does not, and
+  the two layouts then take different group-norm and oneDNN kernels downstream.
 - linear on a 2-D input (the UNet's timestep embedding, one row per image): MKL uses a matrix-vector kernel
   for 1 row and other GEMM kernels for 2-5 and 8+ rows.
 - group_norm on a channels-last input with 2+ threads and H x W >= 1024 splits its sums over batch x pixels.
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ONEDNN = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]  # torch is partly annotated
+_ONEDNN = hasattr(torch, "mkldnn_convolution") and torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
 
 
 def make_batch_invariant(module: nn.Module) -> None:
@@ -38,12 +39,16 @@ def make_batch_invariant(module: nn.Module) -> None:
 
 
 def _conv_forward(self: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """oneDNN for every batch size, on an input in the weight's memory format."""
+    """One route per layer whatever the batch: 1x1 as batched matmuls, the rest through oneDNN."""
+    if x.device.type != "cpu":
+        output: torch.Tensor = nn.Conv2d._conv_forward(self, x, weight, bias)
+        return output
+    if weight.shape[2:] == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0) and self.groups == 1:
+        return _pointwise_conv(x, weight, bias)
     channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if (
         x.dtype == torch.float32
-        and x.device.type == "cpu"
         and self.padding_mode == "zeros"
         and not isinstance(self.padding, str)
         and _ONEDNN
@@ -52,8 +57,21 @@ def _conv_forward(self: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: 
         return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
     # Left to torch, whose choice here does not hang on the batch: bfloat16 always takes oneDNN, and with oneDNN
     # switched off every batch size takes the native kernel, which computes each image on its own.
-    output: torch.Tensor = nn.Conv2d._conv_forward(self, x, weight, bias)
+    output = nn.Conv2d._conv_forward(self, x, weight, bias)
     return output
+
+
+def _pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1x1 convolution as one (out x in) @ (in x pixels) product per image.
+
+    MKL runs each product of the batch alone, so the result does not depend on the batch size; on these small
+    layers it is also 2-7x faster than oneDNN, which costs about 45 us per call here whatever the size.
+    """
+    images, channels, height, width = x.shape
+    kernel = weight.flatten(1).expand(images, -1, -1)
+    pixels = x.reshape(images, channels, height * width)
+    product = torch.bmm(kernel, pixels) if bias is None else torch.baddbmm(bias.view(1, -1, 1), kernel, pixels)
+    return product.view(images, -1, height, width)
 
 
 def _linear_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
