@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import OKPAlgorithm
 
-from sdqueue.client import SdqueueClient, bearer
+from sdqueue.client import SdqueueClient, bearer, request_body
 from sdqueue.config import Settings
 from sdqueue.contracts import ErrorCode, SucceededEvent
 from sdqueue.contracts.topology import record_key
@@ -214,7 +214,7 @@ async def test_valid_asymmetric_token_succeeds(
     algorithm: str, client: SdqueueClient, stack_settings: Settings, signing_keys: SigningKeys
 ):
     request = txt2img()
-    body = request.model_dump_json().encode()
+    body = request_body(request)  # what `generate` will send, so the token's body_sha256 matches
     minting = _minting(body, job_id=request.job_id, settings=stack_settings, keys=signing_keys)
     token = minting.rs256(sub="alice") if algorithm == "RS256" else minting.eddsa(sub="alice")
 

@@ -13,7 +13,7 @@ from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, UNAVAILABLE, BridgeError
 from sdqueue.bridge._markers import JobMarker, get_marker, recent_job_ids
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
-from sdqueue.client import bearer, mint_token
+from sdqueue.client import bearer, mint_token, request_body
 from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
     ErrorCode,
@@ -86,7 +86,7 @@ async def submit_job(request: GenerationRequest, *, owner: str, state: BridgeSta
 
 async def _publish(request: GenerationRequest, *, owner: str, state: BridgeState) -> None:
     # Built here rather than with `client.submit`: no reply queue, since the hub already sees every event.
-    body = request.model_dump_json(exclude_unset=True).encode()  # the model's defaults fill what the caller left out
+    body = request_body(request)
     token = mint_token(
         body, job_id=request.job_id, subject=owner, auth=state.settings.auth, ttl_s=state.settings.bridge.job_wait_ttl_s
     )

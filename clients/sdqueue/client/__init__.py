@@ -11,7 +11,7 @@ from sdqueue.client.errors import (
     UnroutableRequest,
     WaitTimeout,
 )
-from sdqueue.client.jobs import new_job_id
+from sdqueue.client.jobs import new_job_id, request_body
 from sdqueue.client.sync import SyncClient
 from sdqueue.client.tokens import bearer, mint_token
 from sdqueue.client.webhooks import verify_webhook
@@ -30,5 +30,6 @@ __all__ = [
     "bearer",
     "mint_token",
     "new_job_id",
+    "request_body",
     "verify_webhook",
 ]

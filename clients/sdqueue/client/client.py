@@ -32,6 +32,7 @@ from sdqueue.client.errors import (
     UnroutableRequest,
     WaitTimeout,
 )
+from sdqueue.client.jobs import request_body
 from sdqueue.client.tokens import bearer, mint_token
 from sdqueue.config import Settings, make_s3_client
 from sdqueue.contracts import (
@@ -133,15 +134,15 @@ class SdqueueClient:
     async def submit(self, request: GenerationRequest, *, token: str | None = None, subject: str | None = None) -> str:
         """Publish a request with mandatory routing and wait for the broker's confirm; returns the job id.
 
-        Without `token`, one is minted for `subject` (default: this client's) with the configured HS256 secret.
+        Without `token`, one is minted for `subject` (default: this client's) with the configured HS256 secret; a
+        token minted elsewhere must hash `request_body(request)`.
 
         Raises:
             UnroutableRequest: no worker queue serves `request.model`.
             RequestRefused: the broker refused the message (queue full).
             BrokerUnavailable: no confirm in time.
         """
-        # Only the fields the caller set: the worker fills the rest from the model's defaults.
-        body = request.model_dump_json(exclude_unset=True).encode()
+        body = request_body(request)
         if token is None:
             token = mint_token(body, job_id=request.job_id, subject=subject or self._subject, auth=self._settings.auth)
         self._watchers.setdefault(request.job_id, asyncio.Queue())
