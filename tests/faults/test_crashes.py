@@ -154,7 +154,8 @@ async def test_sigterm_past_the_grace_requeues_for_another_worker(
 async def test_generation_over_its_time_budget_fails_as_limits_exceeded(
     isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
-    isolated.start_worker("strict", updated(isolated.settings, limits={"max_generate_s": 0.3}))
+    # The slow job needs many seconds; the quick one a tenth of one, with room for a loaded CI machine.
+    isolated.start_worker("strict", updated(isolated.settings, limits={"max_generate_s": 1.5}))
     await isolated_client.wait_for_workers("default", timeout_s=120)
     slow, quick = txt2img(width=512, height=512, steps=60), txt2img()
 

@@ -61,7 +61,10 @@ async def test_broker_restart_with_jobs_queued_and_in_flight(
     isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
     health_port = free_port()
-    worker = isolated.start_worker("steady", isolated.settings.model_copy(update={"health_port": health_port}))
+    # One job in hand: with more, a job still generating when the broker redelivers it (after the channel died)
+    # is generated a second time; its record keeps one result, but this test counts generations.
+    settings = updated(isolated.settings, broker={"prefetch": 1}).model_copy(update={"health_port": health_port})
+    worker = isolated.start_worker("steady", settings)
     await isolated_client.wait_for_workers("default", timeout_s=120)
     logs = await isolated_probe.watch_all()
     jobs = [txt2img(steps=6, seed=i) for i in range(50)]
