@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-import jwt
 import pytest
 from pydantic import SecretStr
 
 from sdqueue.client.tokens import mint_token
 from sdqueue.config import AuthSettings, FairnessSettings, LimitSettings
-from sdqueue.contracts import ErrorCode, Quota, body_sha256
+from sdqueue.contracts import ErrorCode, Quota
 from sdqueue.worker.errors import SdqueueError
 from sdqueue.worker.fairness import RANK_HIGH, RANK_MAIN, RANK_OVERFLOW, FairIntake, batch_rank
 from sdqueue.worker.validate import parse_job
 from sdqueue.worker.verify import load_keys, verify_token
+from tests.e2e.requests import claims, hs256
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
 AUTH = AuthSettings(hs256_secret=SecretStr(SECRET))
@@ -25,20 +24,8 @@ BODY = json.dumps({"schema_version": 1, "job_id": "job-1", "mode": "txt2img", "p
 
 
 def _token(quota: object) -> str:
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": "sdqueue",
-        "aud": "sdqueue",
-        "sub": "alice",
-        "iat": now,
-        "exp": now + 60,
-        "jti": "job-1",
-        "body_sha256": body_sha256(BODY),
-        "scope": "sdqueue:generate",
-    }
-    if quota is not None:
-        claims["quota"] = quota
-    return jwt.encode(claims, SECRET, algorithm="HS256")
+    """A valid token for BODY, with a `quota` claim unless it is None (the shared helper drops None claims)."""
+    return hs256(claims(BODY, job_id="job-1", auth=AUTH, sub="alice", quota=quota), AUTH)
 
 
 def _verify(quota: object) -> Any:
