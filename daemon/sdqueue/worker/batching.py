@@ -94,10 +94,10 @@ class Batcher:
             self._held.append(await self._arrivals.get())
         while not self._arrivals.empty():
             self._held.append(self._arrivals.get_nowait())
-        first = self._by_rank()[0]
+        first, *others = self._by_rank()
         self._held.remove(first)
         batch = [first]
-        batch.extend(self._take_held(first, batch))
+        batch.extend(self._take_held(first, batch, candidates=others))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._batching.max_wait_s
         while self._has_room(batch) and (remaining := deadline - loop.time()) > 0:
@@ -121,9 +121,9 @@ class Batcher:
 
         return sorted(self._held, key=lambda item: -effective(item))  # sorted is stable: arrival order within a rank
 
-    def _take_held(self, first: _Item, batch: list[_Item]) -> list[_Item]:
+    def _take_held(self, first: _Item, batch: list[_Item], *, candidates: list[_Item]) -> list[_Item]:
         taken: list[_Item] = []
-        for item in self._by_rank():
+        for item in candidates:
             if item.key == first.key and self._fits([*batch, *taken], item):
                 self._held.remove(item)
                 taken.append(item)
