@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from sdqueue.contracts import MAX_SEED, OutputFormat, TerminalEvent
+from sdqueue.contracts.request import GuidanceScale, ImageCount, NegativePrompt, Prompt, SchedulerName, Steps
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=1024)]
 
@@ -21,14 +21,14 @@ class GenerationParams(BaseModel):
 
     model: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "default"
     prompt: Prompt
-    negative_prompt: Annotated[str, StringConstraints(max_length=4000)] = ""
+    negative_prompt: NegativePrompt = ""
     width: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] = 512
     height: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] = 512
-    steps: Annotated[int, Field(ge=1, le=150)] = 25
-    guidance_scale: Annotated[float, Field(ge=0, le=30)] = 7.5
+    steps: Steps = 25
+    guidance_scale: GuidanceScale = 7.5
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
-    num_images: Annotated[int, Field(ge=1, le=8)] = 1
-    scheduler: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
+    num_images: ImageCount = 1
+    scheduler: SchedulerName | None = None
     output_format: OutputFormat = "png"
 
 

@@ -23,7 +23,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sdqueue.contracts.request import MODEL_ALIAS_PATTERN
+from sdqueue.contracts.request import (
+    MODEL_ALIAS_PATTERN,
+    GuidanceScale,
+    ImageSide,
+    NegativePrompt,
+    SchedulerName,
+    Steps,
+)
 from sdqueue.contracts.tokens import AUDIENCE
 from sdqueue.contracts.topology import DEFAULT_MODEL_ALIAS
 
@@ -98,14 +105,12 @@ class AuthSettings(_Group):
 class ModelDefaults(_Group):
     """One alias's defaults for the request fields a body leaves out; values a body carries always win."""
 
-    width: Annotated[int, Field(ge=64, multiple_of=8)] | None = Field(default=None, description="Image width.")
-    height: Annotated[int, Field(ge=64, multiple_of=8)] | None = Field(default=None, description="Image height.")
-    steps: Annotated[int, Field(ge=1, le=150)] | None = Field(default=None, description="Denoising steps.")
-    guidance_scale: Annotated[float, Field(ge=0, le=30)] | None = Field(default=None, description="Guidance scale.")
-    scheduler: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")] | None = Field(
-        default=None, description="Scheduler name (one the worker lists)."
-    )
-    negative_prompt: Annotated[str, Field(max_length=4000)] | None = Field(default=None, description="Negative prompt.")
+    width: ImageSide | None = Field(default=None, description="Image width.")
+    height: ImageSide | None = Field(default=None, description="Image height.")
+    steps: Steps | None = Field(default=None, description="Denoising steps.")
+    guidance_scale: GuidanceScale | None = Field(default=None, description="Guidance scale.")
+    scheduler: SchedulerName | None = Field(default=None, description="Scheduler name (one the worker lists).")
+    negative_prompt: NegativePrompt | None = Field(default=None, description="Negative prompt.")
 
 
 class LimitSettings(_Group):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from sdqueue.contracts.request import ModelAlias
+from sdqueue.contracts.request import ImageCount, ModelAlias, Steps
 
 QUOTA_CLAIM = "quota"
 Priority = Literal["low", "normal", "high"]
@@ -21,8 +21,8 @@ class Quota(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_pixels: PositiveInt | None = Field(default=None, description="Largest width x height of one image.")
-    max_steps: Annotated[int, Field(ge=1, le=150)] | None = Field(default=None, description="Most denoising steps.")
-    max_images: Annotated[int, Field(ge=1, le=8)] | None = Field(default=None, description="Most images in one job.")
+    max_steps: Steps | None = Field(default=None, description="Most denoising steps.")
+    max_images: ImageCount | None = Field(default=None, description="Most images in one job.")
     models: tuple[ModelAlias, ...] | None = Field(default=None, description="Model aliases allowed; unset: all.")
     priority: Priority = Field(default="normal", description="Scheduling class of the caller's jobs.")
 

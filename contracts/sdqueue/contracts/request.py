@@ -18,6 +18,14 @@ JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 ModelAlias = Annotated[str, StringConstraints(pattern=MODEL_ALIAS_PATTERN)]
 Mode = Literal["txt2img", "img2img"]
 OutputFormat = Literal["png", "webp", "jpeg"]
+# Field types shared with whatever else states or narrows them (per-model defaults, quotas, the bridge's bodies).
+Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+NegativePrompt = Annotated[str, StringConstraints(max_length=4000)]
+ImageSide = Annotated[int, Field(ge=64, multiple_of=8)]
+Steps = Annotated[int, Field(ge=1, le=150)]
+GuidanceScale = Annotated[float, Field(ge=0, le=30)]
+ImageCount = Annotated[int, Field(ge=1, le=8)]
+SchedulerName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=1024)]
 # http or https with a host; whether the worker will call it is its allow-list's decision, not the contract's.
@@ -61,15 +69,15 @@ class GenerationRequest(BaseModel):
     job_id: JobId
     mode: Mode
     model: ModelAlias = "default"
-    prompt: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
-    negative_prompt: Annotated[str, StringConstraints(max_length=4000)] = ""
-    width: Annotated[int, Field(ge=64, multiple_of=8)] = 512
-    height: Annotated[int, Field(ge=64, multiple_of=8)] = 512
-    steps: Annotated[int, Field(ge=1, le=150)] = 25
-    guidance_scale: Annotated[float, Field(ge=0, le=30)] = 7.5
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    width: ImageSide = 512
+    height: ImageSide = 512
+    steps: Steps = 25
+    guidance_scale: GuidanceScale = 7.5
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = None
-    num_images: Annotated[int, Field(ge=1, le=8)] = 1
-    scheduler: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
+    num_images: ImageCount = 1
+    scheduler: SchedulerName | None = None
     strength: Annotated[float, Field(gt=0, le=1)] | None = None
     init_image: InitImageKey | InitImageData | None = None
     output_format: OutputFormat = "png"
