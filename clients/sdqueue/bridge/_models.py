@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.config import JsonDict
 
 from sdqueue.contracts import MAX_SEED, OutputFormat, TerminalEvent
 from sdqueue.contracts.request import GuidanceScale, ImageCount, NegativePrompt, Prompt, SchedulerName, Steps
@@ -62,6 +63,15 @@ class JobLinks(BaseModel):
     cancel: str
 
 
+EXAMPLE_JOB_ID = "0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11"
+EXAMPLE_LINKS: JsonDict = {
+    "status": f"/v1/jobs/{EXAMPLE_JOB_ID}",
+    "wait": f"/v1/jobs/{EXAMPLE_JOB_ID}/wait",
+    "events": f"/v1/jobs/{EXAMPLE_JOB_ID}/events",
+    "cancel": f"/v1/jobs/{EXAMPLE_JOB_ID}/cancel",
+}
+
+
 class JobAccepted(BaseModel):
     """The answer to a submitted job: `202`, its id and links."""
 
@@ -69,14 +79,9 @@ class JobAccepted(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "job_id": "0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11",
+                    "job_id": EXAMPLE_JOB_ID,
                     "status": "queued",
-                    "links": {
-                        "status": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11",
-                        "wait": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/wait",
-                        "events": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/events",
-                        "cancel": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/cancel",
-                    },
+                    "links": EXAMPLE_LINKS,
                 }
             ]
         }
@@ -101,19 +106,14 @@ class JobStatus(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "job_id": "0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11",
+                    "job_id": EXAMPLE_JOB_ID,
                     "status": "running",
                     "mode": "txt2img",
                     "prompt": "a dog with a hat",
                     "created_at": "2026-01-01T12:00:00Z",
                     "progress": {"step": 10, "steps": 25},
                     "result": None,
-                    "links": {
-                        "status": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11",
-                        "wait": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/wait",
-                        "events": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/events",
-                        "cancel": "/v1/jobs/0e3c1a2b9f0-4f1c9d0c2b7e4a58a1d7c3e2b9f00a11/cancel",
-                    },
+                    "links": EXAMPLE_LINKS,
                 }
             ]
         }
