@@ -107,9 +107,7 @@ async def owned_marker(job_id: str, *, owner: str, state: BridgeState) -> JobMar
     Raises:
         BridgeError: `not_found` when the job is not the caller's or does not exist.
     """
-    marker = state.markers.pending(owner, job_id) or await get_marker(
-        owner, job_id, s3=state.settings.s3, client=state.s3
-    )
+    marker = await _find_marker(owner, job_id, state=state)
     if marker is None:
         raise BridgeError(NOT_FOUND, "no such job")
     return marker
@@ -146,18 +144,19 @@ def status_from(marker: JobMarker, event: JobEvent | None) -> JobStatus:
 
 async def recent_jobs(owner: str, *, limit: int, state: BridgeState) -> list[JobStatus]:
     """The caller's newest jobs with their status, newest first."""
-    pending = {marker.job_id: marker for marker in state.markers.pending_for(owner)}
+    pending = [marker.job_id for marker in state.markers.pending_for(owner)]
     stored = await recent_job_ids(owner, limit=limit, s3=state.settings.s3, client=state.s3)
     job_ids = sorted({*pending, *stored})[:limit]  # ids sort newest first
-    markers = await asyncio.gather(*(_known_marker(owner, job_id, pending=pending, state=state) for job_id in job_ids))
+    markers = await asyncio.gather(*(_find_marker(owner, job_id, state=state) for job_id in job_ids))
     found = [marker for marker in markers if marker is not None]
     return list(await asyncio.gather(*(job_status(marker, state=state) for marker in found)))
 
 
-async def _known_marker(
-    owner: str, job_id: str, *, pending: Mapping[str, JobMarker], state: BridgeState
-) -> JobMarker | None:
-    return pending.get(job_id) or await get_marker(owner, job_id, s3=state.settings.s3, client=state.s3)
+async def _find_marker(owner: str, job_id: str, *, state: BridgeState) -> JobMarker | None:
+    """The caller's marker: still being stored in the background, or already in the bucket."""
+    return state.markers.pending(owner, job_id) or await get_marker(
+        owner, job_id, s3=state.settings.s3, client=state.s3
+    )
 
 
 async def job_events(marker: JobMarker, *, state: BridgeState, timeout_s: float) -> AsyncIterator[JobEvent | None]:
