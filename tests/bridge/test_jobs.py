@@ -62,11 +62,25 @@ async def test_token_answers_the_oauth2_shape(api: httpx.AsyncClient):
     assert response.json()["access_token"].count(".") == 2
 
 
-async def test_routes_need_a_token(api: httpx.AsyncClient):
+async def test_routes_need_a_token(api: httpx.AsyncClient, alice: dict[str, str]):
     assert_error(await api.post("/v1/txt2img", json={"prompt": "x"}), 401, "unauthenticated")
     assert_error(await api.get("/v1/jobs"), 401, "unauthenticated")
     bad = await api.get("/v1/jobs", headers={"Authorization": "Bearer not.a.token"})
     assert_error(bad, 401, "invalid_token")
+    # txt2img reads the header itself (the hot path has no dependencies): the same answers as every other route.
+    token = alice["Authorization"].removeprefix("Bearer ")
+    for header, code in [
+        (f"Basic {token}", "unauthenticated"),
+        ("Bearer", "unauthenticated"),
+        (f"Bearer {token}x", "invalid_token"),
+    ]:
+        response = await api.post("/v1/txt2img", json={"prompt": "x", **TINY}, headers={"Authorization": header})
+        assert_error(response, 401, code)
+        assert response.headers["www-authenticate"] == "Bearer"
+    lower_case = await api.post(
+        "/v1/txt2img", json={"prompt": "x", **TINY}, headers={"Authorization": f"bearer {token}"}
+    )
+    assert lower_case.status_code == 202, lower_case.text
 
 
 async def test_expired_bridge_token_is_refused(api: httpx.AsyncClient, bridge_settings: Settings):
@@ -189,6 +203,15 @@ async def test_bad_requests_get_the_contract_codes(
     response = await api.post("/v1/txt2img", json={"prompt": "x", **TINY, **fields}, headers=alice)
 
     assert_error(response, status, code)
+
+
+@pytest.mark.parametrize("body", [b"", b"{not json", b"[]", b'"a prompt"'])
+async def test_a_txt2img_body_that_is_not_a_json_object_is_an_invalid_request(
+    api: httpx.AsyncClient, alice: dict[str, str], body: bytes
+):
+    headers = {**alice, "Content-Type": "application/json"}
+
+    assert_error(await api.post("/v1/txt2img", content=body, headers=headers), 400, "invalid_request")
 
 
 async def test_another_users_job_is_invisible(api: httpx.AsyncClient, alice: dict[str, str], bob: dict[str, str]):

@@ -62,3 +62,18 @@ def _answered(live_bridge: LiveBridge) -> float:
     text = httpx.get(f"{live_bridge.url}/metrics").text
     samples = [line for line in text.splitlines() if line.startswith("sdqueue_bridge_requests_total{")]
     return sum(float(line.rsplit(" ", 1)[1]) for line in samples)
+
+
+def test_routes_that_read_their_own_body_still_document_it(bridge_schema: schemathesis.BaseSchema):
+    document = httpx.get(bridge_schema.location or "").json()
+    txt2img = document["paths"]["/v1/txt2img"]["post"]
+    texto = document["paths"]["/generar-imagen-texto"]["post"]
+
+    body = txt2img["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["prompt"]
+    assert body["additionalProperties"] is False
+    assert txt2img["security"] == [{"OAuth2PasswordBearer": []}]
+    assert txt2img["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JobAccepted"
+    }
+    assert texto["requestBody"]["content"]["application/json"]["schema"]["required"] == ["texto"]

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
-from pydantic import ValidationError
 
 from sdqueue.bridge._auth import CurrentUser
+from sdqueue.bridge._bodies import json_body, read_json
 from sdqueue.bridge._errors import CONFLICT, TIMEOUT, BridgeError, ErrorBody
 from sdqueue.bridge._jobs import build_request, submit_job, wait_for_job
 from sdqueue.bridge._markers import JobMarker, new_bridge_job_id
@@ -33,11 +32,6 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody, "description": "error"} for status in statuses}
 
 
-def _json_body(model: type[TextoBody] | type[SignupBody]) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 router = APIRouter(tags=["compatibility"])
 
 
@@ -45,11 +39,11 @@ router = APIRouter(tags=["compatibility"])
     "/generar-imagen-texto",
     response_class=Response,
     responses={**PNG_ANSWER, **_errors(400, 401, 404, 409, 422, 503, 504)},
-    openapi_extra=_json_body(TextoBody),
+    openapi_extra=json_body(TextoBody),
 )
 async def generar_imagen_texto(request: Request, user: CurrentUser, state: State) -> Response:
     """Original API: JSON `{"texto": ...}`; waits and answers the PNG."""
-    body = await _parse_json(request, TextoBody)
+    body = await read_json(request, TextoBody)
     job_id = new_bridge_job_id()
     generation = build_request({"mode": "txt2img", "prompt": body.texto, **_compat_size(state)}, job_id=job_id)
     return await _generate_png(generation, owner=user, state=state)
@@ -85,13 +79,13 @@ async def generar_imagen_imagen(
     status_code=201,
     response_model=SignupDone,
     responses=_errors(400, 403, 409),
-    openapi_extra=_json_body(SignupBody),
+    openapi_extra=json_body(SignupBody),
 )
 async def registrar_usuario(request: Request, state: State) -> SignupDone:
     """Original API: create a user from `{"correo", "contraseña"}`, only when sign-up is enabled."""
     if not state.settings.bridge.allow_signup:
         raise BridgeError(ErrorCode.FORBIDDEN, "sign-up is disabled on this server")
-    body = await _parse_json(request, SignupBody)
+    body = await read_json(request, SignupBody)
     _check_signup(body, min_length=state.settings.bridge.min_password_length)
     try:
         await asyncio.to_thread(state.users.add, body.correo, body.contrasena)
@@ -107,21 +101,6 @@ def _check_signup(body: SignupBody, *, min_length: int) -> None:
         raise BridgeError(ErrorCode.INVALID_REQUEST, "correo must be an e-mail address")
     if len(body.contrasena) < min_length:
         raise BridgeError(ErrorCode.INVALID_REQUEST, f"the password needs at least {min_length} characters")
-
-
-async def _parse_json(request: Request, model: type[Any]) -> Any:
-    try:
-        return model.model_validate(json.loads(await request.body()))
-    except (ValueError, ValidationError) as exc:
-        raise BridgeError(ErrorCode.INVALID_REQUEST, _first_problem(exc)) from exc
-
-
-def _first_problem(exc: ValueError | ValidationError) -> str:
-    if isinstance(exc, ValidationError):
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error.get("loc", ()))
-        return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid"))
-    return "the body is not JSON"
 
 
 def _compat_size(state: BridgeState) -> dict[str, int | float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -115,7 +117,7 @@ async def _on_client_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)  # noqa: S101  # registered for RequestValidationError only
-    return error_response(ErrorCode.INVALID_REQUEST, _describe(exc))
+    return error_response(ErrorCode.INVALID_REQUEST, describe_problems(exc.errors()))
 
 
 async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -125,9 +127,10 @@ async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(str(code), str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-def _describe(exc: RequestValidationError) -> str:
+def describe_problems(errors: Sequence[Any]) -> str:
+    """The first few validation problems (pydantic's or FastAPI's error dicts) in one line for the caller."""
     parts = []
-    for error in exc.errors()[:5]:
+    for error in errors[:5]:
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
         parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
     return "; ".join(parts) or "invalid request"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sdqueue.bridge._auth import AccessTokens
 from sdqueue.bridge._hub import HUB_QUEUE_PREFIX, EventHub
 from sdqueue.bridge._markers import MarkerWriter
 from sdqueue.bridge._users import UserStore
@@ -50,6 +51,7 @@ class BridgeState:
     s3: S3Client
     markers: MarkerWriter
     metrics: Metrics
+    tokens: AccessTokens
 
 
 def make_metrics() -> Metrics:
@@ -98,13 +100,19 @@ async def open_state(settings: Settings, *, metrics: Metrics) -> AsyncIterator[B
                 s3=s3,
                 markers=markers,
                 metrics=metrics,
+                tokens=AccessTokens(settings.bridge),
             )
         finally:
             await markers.drain(timeout_s=MARKER_DRAIN_S)
             await hub.close()
 
 
-def get_state(request: Request) -> BridgeState:
-    """The running bridge's state (FastAPI dependency)."""
+def state_of(request: Request) -> BridgeState:
+    """The running bridge's state."""
     state: BridgeState = request.app.state.bridge
     return state
+
+
+async def get_state(request: Request) -> BridgeState:
+    """The running bridge's state (FastAPI dependency; async so that FastAPI calls it inline, not in a thread)."""
+    return state_of(request)
