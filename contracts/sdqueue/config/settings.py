@@ -140,6 +140,12 @@ class RuntimeSettings(_Group):
         default="auto", description="`auto`: float16 on CUDA, float32 on CPU."
     )
     threads: PositiveInt | None = Field(default=None, description="torch CPU threads; unset keeps torch's choice.")
+    nice: Annotated[int, Field(ge=0, le=19)] = Field(
+        default=10,
+        description="CPU priority (niceness) of the worker process and every thread it runs. Generation is "
+        "throughput work: on a shared host, latency-bound neighbours (a bridge, the broker) go first. 0 competes "
+        "on equal terms; a worker started nicer than this keeps its own value.",
+    )
     attention_slicing: bool = Field(default=False, description="Trade speed for memory on small GPUs.")
     channels_last: bool = Field(default=False, description="UNet and VAE in channels-last memory format.")
     fuse_qkv: bool = Field(default=False, description="Fuse attention Q/K/V projections into one matmul.")
