@@ -144,7 +144,7 @@ async def current_user(request: Request, token: Annotated[str | None, Depends(oa
 def request_user(request: Request) -> str:
     """The authenticated caller's user name, read from the `Authorization` header without a dependency.
 
-    For the accept routes, the bridge's hot path; the OpenAPI document names the scheme through `BEARER_SECURITY`.
+    For `POST /v1/txt2img`, the bridge's hot path; its OpenAPI entry names the scheme through `BEARER_SECURITY`.
 
     Raises:
         BridgeError: `unauthenticated` without a bearer token, or the token's own error.

@@ -1,8 +1,9 @@
 """JSON bodies that routes read themselves: their OpenAPI entry and their parsing, with the contract's error.
 
 A route that declares a pydantic body makes FastAPI decode the JSON and validate the result in two passes, after
-solving the route's dependencies; reading the body here is one pass through pydantic's JSON parser. The accept
-routes do this because they are the bridge's hot path; the compatibility routes because their errors must be ours.
+solving the route's dependencies; reading the body here is one pass through pydantic's JSON parser.
+`POST /v1/txt2img` does this because it is the bridge's hot path; the compatibility routes because their errors
+must be ours.
 """
 
 from __future__ import annotations
