@@ -8,7 +8,7 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from sdqueue.bridge import BridgeError, issue_access_token
+from sdqueue.bridge import BridgeError, issue_access_token, read_access_token
 from sdqueue.bridge._auth import AccessTokens
 from sdqueue.config import BridgeSettings
 
@@ -72,3 +72,13 @@ def test_the_oldest_tokens_make_room(bridge: BridgeSettings):
     assert answered == names
     assert len(tokens) == 2
     assert [tokens.user_of(token) for token in issued] == names  # evicted tokens verify again
+
+
+def test_the_uncached_reader_gives_the_same_answers(bridge: BridgeSettings):
+    issued = time.time()
+    token = issue_access_token("alice", bridge=bridge, now=issued)
+
+    assert read_access_token(token, bridge=bridge, now=issued + 599) == "alice"
+    with pytest.raises(BridgeError) as expired:
+        read_access_token(token, bridge=bridge, now=issued + 600)
+    assert expired.value.code == "token_expired"
