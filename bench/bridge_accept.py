@@ -4,7 +4,8 @@ Rounds of 200 concurrent `POST /v1/txt2img` go through the real app in this proc
 no load client to share the CPU with), against the real broker; they alternate with rounds of 200 concurrent
 `publish_raw` of an equivalent signed message: the token and the confirmed publish that no accept can skip. Both
 are measured as this process's CPU time, so the ratio is what HTTP handling, auth and validation add to them.
-Run with `python -m bench.bridge_accept`.
+A third kind of round sends the same accepts through a second app built without the accept lane, so that the
+lane's saving is measured side by side. Run with `python -m bench.bridge_accept`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import aio_pika
+from fastapi import FastAPI
 
 from bench._stack import bench_stack
 from bench.bridge_load import BODY, REQUESTS, _with_bridge
 from sdqueue.bridge import create_app, issue_access_token
+from sdqueue.bridge._lane import AcceptLane
 from sdqueue.client import SdqueueClient, bearer, mint_token, new_job_id
 from sdqueue.config import Settings
 from sdqueue.contracts.topology import AUTHORIZATION_HEADER
@@ -38,26 +41,48 @@ def main() -> dict[str, float]:
         figures = asyncio.run(_measure(_with_bridge(settings)))
     print(f"  {ROUNDS} rounds of {REQUESTS} each, alternating, CPU of this process")
     print(f"  accept (POST /v1/txt2img over ASGI): median {figures['accept_us']:.0f} us")
+    print(f"  the same through FastAPI's routing (no accept lane): median {figures['routed_us']:.0f} us")
     print(f"  signed, confirmed publish alone: median {figures['publish_us']:.0f} us")
     print(f"  accept/publish: {figures['accept_us'] / figures['publish_us']:.2f}x")
+    print(f"  routed/accept: {figures['routed_us'] / figures['accept_us']:.2f}x")
     return figures
 
 
 async def _measure(settings: Settings) -> dict[str, float]:
     await _declare_queues(settings)
-    app = create_app(settings)
+    app, routed = create_app(settings), _without_lane(create_app(settings))
     token = issue_access_token("bench", bridge=settings.bridge)
     gc.collect()
     gc.freeze()  # as `run_bridge` does
-    accepts, publishes = [], []
-    async with app.router.lifespan_context(app), SdqueueClient(settings, subject="bench") as client:
+    accepts, routes, publishes = [], [], []
+    async with (
+        app.router.lifespan_context(app),
+        routed.router.lifespan_context(routed),
+        SdqueueClient(settings, subject="bench") as client,
+    ):
         for _ in range(ROUNDS):
             accepts.append(await _cpu_per_call(lambda: _post_txt2img(app, token)))
             await asyncio.sleep(ROUND_GAP_S)  # the bridge stores the round's markers meanwhile
+            routes.append(await _cpu_per_call(lambda: _post_txt2img(routed, token)))
+            await asyncio.sleep(ROUND_GAP_S)
             publishes.append(await _cpu_per_call(lambda: _publish(client, settings)))
             await asyncio.sleep(ROUND_GAP_S)
     # The first round of each warms its code paths.
-    return {"accept_us": statistics.median(accepts[1:]), "publish_us": statistics.median(publishes[1:])}
+    return {
+        "accept_us": statistics.median(accepts[1:]),
+        "routed_us": statistics.median(routes[1:]),
+        "publish_us": statistics.median(publishes[1:]),
+    }
+
+
+def _without_lane(app: FastAPI) -> FastAPI:
+    """The app with its accept lane taken out before its middleware stack is built: FastAPI routes every request."""
+    app.user_middleware = [middleware for middleware in app.user_middleware if not _is_lane(middleware.cls)]
+    return app
+
+
+def _is_lane(factory: object) -> bool:
+    return isinstance(factory, type) and issubclass(factory, AcceptLane)
 
 
 async def _declare_queues(settings: Settings) -> None:

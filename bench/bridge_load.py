@@ -8,9 +8,10 @@ client on raw asyncio streams: httpx alone spends a millisecond or more of CPU p
 cores would be measured as the bridge's latency. The worker runs with one torch thread, as docs/operations.md
 sizes CPU workers (one per core), at its default CPU priority (`runtime.nice`).
 
-A first round warms the bridge's code paths and is reported apart. Then rounds alternate, a few seconds apart:
-in a busy round the worker is generating the earlier rounds' jobs (the target's condition); in an idle round it
-is paused (SIGSTOP), which shows what the busy worker costs the bridge side by side. Each round's p99 is its own
+A first round warms the bridge's code paths and is reported apart. Then rounds alternate: a busy round starts
+once the worker has drained the earlier rounds' jobs and begun a slow one (256x256, 60 steps), so the round
+arrives while it generates (the target's condition); an idle round follows a few seconds later with the worker
+paused (SIGSTOP), which shows what the busy worker costs the bridge side by side. Each round's p99 is its own
 200 accepts; the verdict is the median over the busy rounds.
 """
 
@@ -82,7 +83,7 @@ async def _load(url: str, *, worker_pid: int) -> dict[str, float]:
         await _wait_ready(http)
         token = (await http.post("/token", data={"username": "bench", "password": "bench-password"})).json()
         headers = {"Authorization": f"Bearer {token['access_token']}"}
-        await _busy_worker(http, headers)
+        await _start_slow_job(http, headers)
         # This process imported torch to build the model: a full collection of its heap during a round would be
         # counted as the bridge's latency.
         gc.collect()
@@ -91,7 +92,7 @@ async def _load(url: str, *, worker_pid: int) -> dict[str, float]:
         warm_up = await _accept_all(url, headers)
         busy, idle = [], []
         for _ in range(ROUNDS):
-            await asyncio.sleep(ROUND_GAP_S)
+            await _start_slow_job(http, headers)  # queued behind the earlier rounds' jobs: returns once they are done
             busy.append(await _accept_all(url, headers))
             await asyncio.sleep(ROUND_GAP_S)
             idle.append(await _paused(worker_pid, _accept_all(url, headers)))
@@ -140,8 +141,8 @@ async def _wait_ready(http: httpx.AsyncClient) -> None:
     raise SystemExit("the bridge never became ready")
 
 
-async def _busy_worker(http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-    """Queue one slow job first, so that the load arrives while the worker generates."""
+async def _start_slow_job(http: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    """Queue a slow job and return once the worker starts it, so that the next round arrives while it generates."""
     slow = {**BODY, "width": 256, "height": 256, "steps": 60}
     deadline = time.monotonic() + READY_TIMEOUT_S
     response = await http.post("/v1/txt2img", json=slow, headers=headers)

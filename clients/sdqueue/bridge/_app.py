@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 
 from sdqueue.bridge import _compat, _ops, _routes
 from sdqueue.bridge._errors import install_error_handlers
+from sdqueue.bridge._lane import AcceptLane, lane_routes
 from sdqueue.bridge._state import check_settings, make_metrics, open_state
 from sdqueue.config import Settings
 
@@ -34,11 +35,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="sdqueue bridge", version="1", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(_ops.RequestMetrics, metrics=metrics)
     app.include_router(_routes.router)
     app.include_router(_compat.router)
     app.include_router(_ops.router)
     app.add_api_route("/", web_page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    # The last middleware added is the outermost: the lane's answers are counted like every other.
+    app.add_middleware(AcceptLane, routes=lane_routes(_routes.router, paths=_routes.LANE_PATHS))
+    app.add_middleware(_ops.RequestMetrics, metrics=metrics)
     return app
 
 

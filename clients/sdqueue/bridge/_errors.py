@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -136,9 +136,24 @@ def describe_problems(errors: Sequence[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+ErrorHandler = Callable[[Request, Exception], Awaitable[JSONResponse]]
+ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
+    BridgeError: _on_bridge_error,
+    ClientError: _on_client_error,
+    RequestValidationError: _on_validation_error,
+    StarletteHTTPException: _on_http_error,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error as `{"error": {"code", "message"}}`."""
-    app.add_exception_handler(BridgeError, _on_bridge_error)
-    app.add_exception_handler(ClientError, _on_client_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for exc_type, handler in ERROR_HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)
+
+
+def error_handler_for(exc: Exception) -> ErrorHandler | None:
+    """The handler the app would pick for `exc` (nearest class first), or None for an unexpected error."""
+    for exc_type in type(exc).__mro__:
+        if exc_type in ERROR_HANDLERS:
+            return ERROR_HANDLERS[exc_type]
+    return None

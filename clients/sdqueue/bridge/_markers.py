@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 MARKER_PREFIX = "bridge/users"
 MARKER_WRITE_ATTEMPTS = 8
 MARKER_RETRY_S = 0.5
-# A marker waits this long before its put, so a burst of accepts is not slowed by the bucket writes it causes
-# (boto3 costs milliseconds of CPU per call); reads answer from the pending marker meanwhile.
-MARKER_WRITE_DELAY_S = 0.25
+# A marker's put waits until no job has been accepted for MARKER_QUIET_S (at most MARKER_MAX_DELAY_S), so a burst
+# of accepts is not slowed by the bucket writes it causes: boto3 costs milliseconds of CPU per call, taken from the
+# same process. Reads answer from the pending marker meanwhile.
+MARKER_QUIET_S = 0.2
+MARKER_MAX_DELAY_S = 3.0
 MARKER_WRITES_AT_ONCE = 4
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 # 2^44 ms is about the year 2527: the reversed timestamp stays 11 hex digits long until then.
@@ -141,15 +143,26 @@ class MarkerWriter:
     shutdown waits for them; a crash in between loses the note, not the job (its record names the owner too).
     """
 
-    def __init__(self, *, s3: S3Settings, client: S3Client) -> None:
+    def __init__(
+        self,
+        *,
+        s3: S3Settings,
+        client: S3Client,
+        quiet_s: float = MARKER_QUIET_S,
+        max_delay_s: float = MARKER_MAX_DELAY_S,
+    ) -> None:
         self._s3 = s3
         self._client = client
+        self._quiet_s = quiet_s
+        self._max_delay_s = max_delay_s
+        self._last_write_s = 0.0
         self._pending: dict[tuple[str, str], JobMarker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MARKER_WRITES_AT_ONCE)
 
     def write(self, marker: JobMarker) -> None:
         """Start storing a marker; until it is stored, `pending` returns it."""
+        self._last_write_s = time.monotonic()
         self._pending[(marker.owner, marker.job_id)] = marker
         task = asyncio.create_task(self._store(marker), name=f"marker:{marker.job_id}")
         self._tasks.add(task)
@@ -169,7 +182,7 @@ class MarkerWriter:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
 
     async def _store(self, marker: JobMarker) -> None:
-        await asyncio.sleep(MARKER_WRITE_DELAY_S)
+        await self._quiet()
         for attempt in range(MARKER_WRITE_ATTEMPTS):
             try:
                 async with self._slots:
@@ -182,3 +195,10 @@ class MarkerWriter:
         log.error(
             "could not store the marker of job %s; it stays visible here until the bridge restarts", marker.job_id
         )
+
+    async def _quiet(self) -> None:
+        """Return once no marker has been written for `quiet_s`, or `max_delay_s` from now, whichever comes first."""
+        deadline_s = time.monotonic() + self._max_delay_s
+        # A timer that each write pushes back, up to the deadline: a poll of nothing an Event could signal.
+        while (wait_s := min(self._last_write_s + self._quiet_s, deadline_s) - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(wait_s)

@@ -42,6 +42,7 @@ from sdqueue.contracts import ErrorCode, JobEvent
 State = Annotated[BridgeState, Depends(get_state)]
 JOB_ID_PATH = r"^[A-Za-z0-9_-]{1,64}$"
 JobId = Annotated[str, Path(pattern=JOB_ID_PATH, description="the job id the bridge assigned")]
+LANE_PATHS = ("/v1/txt2img",)  # served by `AcceptLane`: each endpoint takes only the request
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -79,7 +80,8 @@ async def _verify(state: BridgeState, username: str, password: str) -> bool:
 )
 async def txt2img(request: Request) -> Response:
     """Queue a txt2img job: the generation request's fields without `job_id`, which the bridge assigns."""
-    # The hot path under load: caller, body and state are read here rather than solved as dependencies.
+    # The hot path under load: caller, body and state are read here rather than solved as dependencies, so that
+    # `AcceptLane` can await this function directly.
     user = request_user(request)
     body = await read_json(request, Txt2ImgBody)
     job_id = new_bridge_job_id()
