@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from sdqueue.bridge._auth import CurrentUser
 from sdqueue.bridge._bodies import json_body, read_json
-from sdqueue.bridge._errors import CONFLICT, TIMEOUT, BridgeError, ErrorBody
+from sdqueue.bridge._errors import CONFLICT, TIMEOUT, BridgeError, error_responses
 from sdqueue.bridge._jobs import build_request, submit_job, wait_for_job
 from sdqueue.bridge._markers import JobMarker, new_bridge_job_id
 from sdqueue.bridge._models import SignupBody, SignupDone, TextoBody
@@ -28,17 +28,13 @@ EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 PNG_ANSWER: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "the image"}}
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody, "description": "error"} for status in statuses}
-
-
 router = APIRouter(tags=["compatibility"])
 
 
 @router.post(
     "/generar-imagen-texto",
     response_class=Response,
-    responses={**PNG_ANSWER, **_errors(400, 401, 404, 409, 422, 503, 504)},
+    responses={**PNG_ANSWER, **error_responses(400, 401, 404, 409, 422, 503, 504)},
     openapi_extra=json_body(TextoBody),
 )
 async def generar_imagen_texto(request: Request, user: CurrentUser, state: State) -> Response:
@@ -52,7 +48,7 @@ async def generar_imagen_texto(request: Request, user: CurrentUser, state: State
 @router.post(
     "/generar-imagen-imagen",
     response_class=Response,
-    responses={**PNG_ANSWER, **_errors(400, 401, 404, 409, 413, 422, 503, 504)},
+    responses={**PNG_ANSWER, **error_responses(400, 401, 404, 409, 413, 422, 503, 504)},
 )
 async def generar_imagen_imagen(
     imagen: Annotated[UploadFile, File(description="init image: PNG, JPEG or WebP")],
@@ -78,7 +74,7 @@ async def generar_imagen_imagen(
     "/registrar_usuario",
     status_code=201,
     response_model=SignupDone,
-    responses=_errors(400, 403, 409),
+    responses=error_responses(400, 403, 409),
     openapi_extra=json_body(SignupBody),
 )
 async def registrar_usuario(request: Request, state: State) -> SignupDone:

@@ -81,6 +81,11 @@ class BridgeError(Exception):
         return http_status(self.code)
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for a route's error answers."""
+    return {status: {"model": ErrorBody, "description": "error"} for status in statuses}
+
+
 def http_status(code: str) -> int:
     """The HTTP status for a contract code or a bridge code."""
     if code in EXTRA_STATUS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
@@ -13,7 +13,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from sdqueue.bridge._auth import BEARER_SECURITY, CurrentUser, issue_access_token, request_user
 from sdqueue.bridge._bodies import json_body, read_json
-from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, BridgeError, ErrorBody
+from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, BridgeError, error_responses
 from sdqueue.bridge._jobs import (
     build_request,
     cancel_job,
@@ -45,15 +45,10 @@ JobId = Annotated[str, Path(pattern=JOB_ID_PATH, description="the job id the bri
 LANE_PATHS = ("/v1/txt2img",)  # served by `AcceptLane`: each endpoint takes only the request
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for error answers."""
-    return {status: {"model": ErrorBody, "description": "error"} for status in statuses}
-
-
 router = APIRouter()
 
 
-@router.post("/token", response_model=TokenResponse, tags=["auth"], responses=errors(400, 401))
+@router.post("/token", response_model=TokenResponse, tags=["auth"], responses=error_responses(400, 401))
 async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], state: State) -> TokenResponse:
     """OAuth2 password flow: a user name and password from the user store for a bearer token."""
     if not await _verify(state, form.username, form.password):
@@ -75,7 +70,7 @@ async def _verify(state: BridgeState, username: str, password: str) -> bool:
     status_code=202,
     response_model=JobAccepted,
     tags=["jobs"],
-    responses=errors(400, 401, 404, 422, 503),
+    responses=error_responses(400, 401, 404, 422, 503),
     openapi_extra={**json_body(Txt2ImgBody), **BEARER_SECURITY},
 )
 async def txt2img(request: Request) -> Response:
@@ -95,7 +90,7 @@ async def txt2img(request: Request) -> Response:
     status_code=202,
     response_model=JobAccepted,
     tags=["jobs"],
-    responses=errors(400, 401, 404, 413, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 422, 503),
 )
 async def img2img(
     form: Annotated[Img2ImgForm, Form()],
@@ -127,7 +122,7 @@ async def upload_init(image: UploadFile, *, job_id: JobId, state: BridgeState) -
     return reference.model_dump()
 
 
-@router.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=errors(400, 401, 503))
+@router.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=error_responses(400, 401, 503))
 async def list_jobs(
     user: CurrentUser, state: State, limit: Annotated[int | None, Query(ge=1, le=100)] = None
 ) -> JobList:
@@ -136,13 +131,15 @@ async def list_jobs(
     return JobList(jobs=await recent_jobs(user, limit=count, state=state))
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobStatus, tags=["jobs"], responses=errors(400, 401, 404, 503))
+@router.get("/v1/jobs/{job_id}", response_model=JobStatus, tags=["jobs"], responses=error_responses(400, 401, 404, 503))
 async def get_job(job_id: JobId, user: CurrentUser, state: State) -> JobStatus:
     """The job's status: `queued`, `running` with progress, or its terminal record in `result`."""
     return await job_status(await owned_marker(job_id, owner=user, state=state), state=state)
 
 
-@router.get("/v1/jobs/{job_id}/wait", response_model=JobStatus, tags=["jobs"], responses=errors(400, 401, 404, 503))
+@router.get(
+    "/v1/jobs/{job_id}/wait", response_model=JobStatus, tags=["jobs"], responses=error_responses(400, 401, 404, 503)
+)
 async def wait_job(
     job_id: JobId,
     user: CurrentUser,
@@ -170,7 +167,7 @@ async def wait_job(
                 }
             },
         },
-        **errors(400, 401, 404, 503),
+        **error_responses(400, 401, 404, 503),
     },
 )
 async def stream_events(job_id: JobId, user: CurrentUser, state: State) -> StreamingResponse:
@@ -201,7 +198,7 @@ def _sse_frame(event: JobEvent) -> str:
     status_code=307,
     response_class=RedirectResponse,
     tags=["jobs"],
-    responses={307: {"description": "redirect to the image's URL"}, **errors(400, 401, 404, 409, 503)},
+    responses={307: {"description": "redirect to the image's URL"}, **error_responses(400, 401, 404, 409, 503)},
 )
 async def image_redirect(
     job_id: JobId, index: Annotated[int, Path(ge=0, le=7)], user: CurrentUser, state: State
@@ -221,7 +218,7 @@ async def image_redirect(
     status_code=202,
     response_model=CancelAccepted,
     tags=["jobs"],
-    responses=errors(400, 401, 404, 409, 503),
+    responses=error_responses(400, 401, 404, 409, 503),
 )
 async def cancel(job_id: JobId, user: CurrentUser, state: State) -> CancelAccepted:
     """Cancel the caller's job: a queued job never starts, a running one stops at its next step."""
