@@ -27,9 +27,8 @@ from bench._stack import bench_stack
 from bench.bridge_load import BODY, REQUESTS, _with_bridge
 from sdqueue.bridge import create_app, issue_access_token
 from sdqueue.bridge._lane import AcceptLane
-from sdqueue.client import SdqueueClient, bearer, mint_token, new_job_id
+from sdqueue.client import SdqueueClient, mint_token, new_job_id, request_message
 from sdqueue.config import Settings
-from sdqueue.contracts.topology import AUTHORIZATION_HEADER
 from sdqueue.worker.consume import declare_topology
 
 ROUNDS = 8
@@ -151,14 +150,7 @@ async def _publish(client: SdqueueClient, settings: Settings) -> None:
     job_id = new_job_id()
     body = json.dumps({"schema_version": 1, "job_id": job_id, "mode": "txt2img", **BODY}).encode()
     token = mint_token(body, job_id=job_id, subject="bench", auth=settings.auth)
-    message = aio_pika.Message(
-        body,
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=job_id,
-        headers={AUTHORIZATION_HEADER: bearer(token)},
-    )
-    await client.publish_raw(message, routing_key="default")
+    await client.publish_raw(request_message(body, job_id=job_id, token=token), routing_key="default")
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 
-import aio_pika
 from pydantic import ValidationError
 
 from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, UNAVAILABLE, BridgeError
 from sdqueue.bridge._markers import JobMarker, get_marker, recent_job_ids
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
-from sdqueue.client import bearer, mint_token, request_body
+from sdqueue.client import mint_token, request_body, request_message
 from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
     ErrorCode,
@@ -25,7 +24,6 @@ from sdqueue.contracts import (
     is_terminal,
     utc_now,
 )
-from sdqueue.contracts.topology import AUTHORIZATION_HEADER
 
 RECORD_POLL_INTERVAL_S = 5.0
 
@@ -85,19 +83,12 @@ async def submit_job(request: GenerationRequest, *, owner: str, state: BridgeSta
 
 
 async def _publish(request: GenerationRequest, *, owner: str, state: BridgeState) -> None:
-    # Built here rather than with `client.submit`: no reply queue, since the hub already sees every event.
+    # Not `client.submit`: no reply queue, since the hub already sees every event.
     body = request_body(request)
     token = mint_token(
         body, job_id=request.job_id, subject=owner, auth=state.settings.auth, ttl_s=state.settings.bridge.job_wait_ttl_s
     )
-    message = aio_pika.Message(
-        body,
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=request.job_id,
-        timestamp=utc_now(),
-        headers={AUTHORIZATION_HEADER: bearer(token)},
-    )
+    message = request_message(body, job_id=request.job_id, token=token)
     await state.client.publish_raw(message, routing_key=request.model)
 
 

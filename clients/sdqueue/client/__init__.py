@@ -11,7 +11,7 @@ from sdqueue.client.errors import (
     UnroutableRequest,
     WaitTimeout,
 )
-from sdqueue.client.jobs import new_job_id, request_body
+from sdqueue.client.jobs import new_job_id, request_body, request_message
 from sdqueue.client.sync import SyncClient
 from sdqueue.client.tokens import bearer, mint_token
 from sdqueue.client.webhooks import verify_webhook
@@ -31,5 +31,6 @@ __all__ = [
     "mint_token",
     "new_job_id",
     "request_body",
+    "request_message",
     "verify_webhook",
 ]

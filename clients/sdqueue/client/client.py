@@ -32,7 +32,7 @@ from sdqueue.client.errors import (
     UnroutableRequest,
     WaitTimeout,
 )
-from sdqueue.client.jobs import request_body
+from sdqueue.client.jobs import request_body, request_message
 from sdqueue.client.tokens import bearer, mint_token
 from sdqueue.config import Settings, make_s3_client
 from sdqueue.contracts import (
@@ -147,16 +147,7 @@ class SdqueueClient:
             token = mint_token(body, job_id=request.job_id, subject=subject or self._subject, auth=self._settings.auth)
         self._watchers.setdefault(request.job_id, asyncio.Queue())
         self._submitted.add(request.job_id)
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=request.job_id,
-            correlation_id=request.job_id,
-            reply_to=self._reply_queue().name,
-            timestamp=utc_now(),
-            headers={AUTHORIZATION_HEADER: bearer(token)},
-        )
+        message = request_message(body, job_id=request.job_id, token=token, reply_to=self._reply_queue().name)
         await self.publish_raw(message, routing_key=request.model)
         return request.job_id
 

@@ -1,10 +1,15 @@
-"""Helpers for building requests: fresh job ids, and the exact body bytes a request is sent (and signed) as."""
+"""Helpers for building requests: fresh job ids, the exact body bytes a request is sent (and signed) as, and the
+message that carries them."""
 
 from __future__ import annotations
 
 import uuid
 
-from sdqueue.contracts import GenerationRequest
+import aio_pika
+
+from sdqueue.client.tokens import bearer
+from sdqueue.contracts import GenerationRequest, utc_now
+from sdqueue.contracts.topology import AUTHORIZATION_HEADER
 
 
 def new_job_id() -> str:
@@ -18,3 +23,17 @@ def request_body(request: GenerationRequest) -> bytes:
     Only the fields the caller set are sent: the worker fills the rest from the served model's defaults.
     """
     return request.model_dump_json(exclude_unset=True).encode()
+
+
+def request_message(body: bytes, *, job_id: str, token: str, reply_to: str | None = None) -> aio_pika.Message:
+    """The persistent request message: the body, its job id and its token; events go to `reply_to` when set."""
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=job_id,
+        correlation_id=job_id if reply_to else None,
+        reply_to=reply_to,
+        timestamp=utc_now(),
+        headers={AUTHORIZATION_HEADER: bearer(token)},
+    )
