@@ -6,7 +6,9 @@ worker is busy. Run with `python -m bench.bridge_load`.
 The 200 requests of a round go out at once on 200 open keep-alive connections, written by a minimal HTTP/1.1
 client on raw asyncio streams: httpx alone spends a millisecond or more of CPU per request, which on two shared
 cores would be measured as the bridge's latency. The worker runs with one torch thread, as docs/operations.md
-sizes CPU workers (one per core), at its default CPU priority (`runtime.nice`).
+sizes CPU workers (one per core), at its default CPU priority (`runtime.nice`, `runtime.idle_policy`). The bridge
+runs as `sdqueue bridge` with `bridge.processes` = 2, one per core, as docs/operations.md sizes it;
+`--processes 1` measures a single process instead.
 
 A first round warms the bridge's code paths and is reported apart. Then rounds alternate: a busy round starts
 once the worker has drained the earlier rounds' jobs and begun a slow one (256x256, 60 steps), so the round
@@ -17,6 +19,7 @@ paused (SIGSTOP), which shows what the busy worker costs the bridge side by side
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
@@ -49,10 +52,13 @@ READY_TIMEOUT_S = 180.0
 Accept = tuple[str | None, float, int]  # job id (None unless 202), seconds to the answer, HTTP status
 
 
-def main() -> dict[str, float]:
-    """Run the load, print the figures, and return them."""
+BRIDGE_PROCESSES = 2
+
+
+def main(*, processes: int = BRIDGE_PROCESSES) -> dict[str, float]:
+    """Run the load against a bridge of `processes` processes, print the figures, and return them."""
     with bench_stack(threads=1, prefetch=1) as base:
-        settings = _with_bridge(base)
+        settings = _with_bridge(base, processes=processes)
         UserStore(settings.users_file).add("bench", "bench-password")
         log = (settings.state_dir / "bench.log").open("wb")
         worker = start_worker(settings, log=log)
@@ -65,15 +71,16 @@ def main() -> dict[str, float]:
             stop_process(bridge, timeout_s=15)
             stop_process(worker, timeout_s=60)
             log.close()
-    _report(figures)
+    _report(figures, processes=processes)
     return figures
 
 
-def _with_bridge(settings: Settings) -> Settings:
+def _with_bridge(settings: Settings, *, processes: int = 1) -> Settings:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    bridge = BridgeSettings(port=port, token_secret=SecretStr(secrets.token_urlsafe(40)), max_wait_s=600)
+    secret = SecretStr(secrets.token_urlsafe(40))
+    bridge = BridgeSettings(port=port, token_secret=secret, max_wait_s=600, processes=processes)
     return settings.model_copy(update={"bridge": bridge})
 
 
@@ -204,9 +211,10 @@ async def _finish(http: httpx.AsyncClient, headers: dict[str, str], job_id: str)
     return 200
 
 
-def _report(figures: dict[str, float]) -> None:
+def _report(figures: dict[str, float], *, processes: int) -> None:
     verdict = "ok" if figures["p99_ms"] < TARGET_P99_S * 1000 else "MISSED"
-    print(f"  {REQUESTS} concurrent txt2img per round, one bridge, one worker (tiny model, 64x64, 2 steps)")
+    shape = f"one bridge of {processes} process{'es' if processes > 1 else ''}, one worker"
+    print(f"  {REQUESTS} concurrent txt2img per round, {shape} (tiny model, 64x64, 2 steps)")
     print(f"  warm-up round p99 {figures['warm_up_p99_ms']:.1f} ms (not counted)")
     print(
         f"  worker busy, {ROUNDS} rounds: p99 median {figures['p99_ms']:.1f} ms ({verdict}, target < 100), "
@@ -221,5 +229,7 @@ def _report(figures: dict[str, float]) -> None:
 
 
 if __name__ == "__main__":
-    result = main()
+    arguments = argparse.ArgumentParser(description="200 concurrent accepts against one bridge and one worker")
+    arguments.add_argument("--processes", type=int, default=BRIDGE_PROCESSES, help="bridge processes (default 2)")
+    result = main(processes=arguments.parse_args().processes)
     sys.exit(0 if result["p99_ms"] < TARGET_P99_S * 1000 and result["completed"] == result["requests"] else 1)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +124,7 @@ class LiveBridge:
     url: str
     settings: Settings
     log_path: Path
+    pid: int
 
 
 @pytest.fixture(scope="session")
@@ -132,18 +133,24 @@ def live_bridge(
 ) -> Iterator[LiveBridge]:
     """The bridge as a real HTTP server (uvicorn), for schemathesis and the browser."""
     log_path = tmp_path_factory.mktemp("bridge-process") / "bridge.log"
-    bridge_settings = bridge_settings.model_copy(update={"limits": LIVE_LIMITS})
-    url = f"http://{bridge_settings.bridge.host}:{bridge_settings.bridge.port}"
+    with bridge_process(bridge_settings.model_copy(update={"limits": LIVE_LIMITS}), log_path=log_path) as live:
+        yield live
+
+
+@contextmanager
+def bridge_process(settings: Settings, *, log_path: Path) -> Iterator[LiveBridge]:
+    """`python -m sdqueue bridge` with these settings, ready; stopped on exit."""
+    url = f"http://{settings.bridge.host}:{settings.bridge.port}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "sdqueue", "bridge"],
-            env=worker_environment(bridge_settings),
+            env=worker_environment(settings),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
             _wait_ready(url, process, log_path)
-            yield LiveBridge(url=url, settings=bridge_settings, log_path=log_path)
+            yield LiveBridge(url=url, settings=settings, log_path=log_path, pid=process.pid)
         finally:
             stop_process(process, timeout_s=15.0)
 

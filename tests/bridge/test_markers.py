@@ -7,7 +7,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sdqueue.bridge._markers import JobMarker, MarkerWriter, get_marker, new_bridge_job_id
+from sdqueue.bridge._markers import JobMarker, MarkerWriter, get_marker, minted_at_s, new_bridge_job_id
 from sdqueue.config import Settings
 
 if TYPE_CHECKING:
@@ -74,3 +74,9 @@ async def test_steady_accepts_hold_a_marker_back_no_longer_than_its_deadline(
     assert writer.pending(owner, last.job_id) == last, "the newest marker is past its deadline already"
     await writer.drain(timeout_s=20.0)
     assert writer.pending_for(owner) == []
+
+
+def test_a_bridge_job_id_says_when_it_was_minted():
+    assert minted_at_s(new_bridge_job_id(now_s=1_800_000_000.123)) == 1_800_000_000.123
+    for other in ["nope", "0123456789abcdef0123456789abcdef", "zzzzzzzzzzz-abc", "0123456789-abc"]:
+        assert minted_at_s(other) is None

@@ -12,6 +12,8 @@ import pytest
 
 from sdqueue.client import SdqueueClient
 from sdqueue.config import RuntimeSettings
+from sdqueue.worker.priority import AUTOGROUP, autogroup_nice, use_idle_policy
+from sdqueue.worker.worker import generation_thread_setup
 from tests.plugins.stack import WorkerProcess
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread niceness is read from /proc")
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="pe
 PROBE = """
 import os, sys, threading
 from pathlib import Path
-from sdqueue.worker.__main__ import lower_cpu_priority
+from sdqueue.worker.priority import lower_cpu_priority
 release = threading.Event()
 before = threading.Thread(target=release.wait)
 before.start()
@@ -69,3 +71,47 @@ async def test_the_running_worker_generates_at_the_default_niceness(worker: Work
     assert RuntimeSettings().nice == 10
     assert len(niceness) > 2  # the event loop, the generation thread, the libraries' threads
     assert set(niceness) == {10}
+
+
+def thread_policies(pid: int) -> dict[int, int]:
+    """Each thread's scheduling policy (field 41 of /proc/PID/task/TID/stat), by thread id."""
+    stats = Path(f"/proc/{pid}/task").glob("*/stat")
+    return {int(stat.parent.name): int(stat.read_text().rsplit(")", 1)[1].split()[38]) for stat in stats}
+
+
+def autogroup_of(pid: int) -> int:
+    return autogroup_nice(Path(f"/proc/{pid}/autogroup").read_text())
+
+
+needs_autogroup = pytest.mark.skipif(not AUTOGROUP.is_file(), reason="the kernel has no autogroup scheduling")
+
+
+@needs_autogroup
+async def test_a_worker_leading_its_session_lowers_the_session_too(worker: WorkerProcess, client: SdqueueClient):
+    assert os.getsid(worker.process.pid) == worker.process.pid  # start_worker gives it a session of its own
+    assert autogroup_of(worker.process.pid) == 10
+    assert autogroup_of(os.getpid()) < 10  # this test's own session is left alone
+
+
+@needs_autogroup
+def test_a_worker_inside_another_session_leaves_that_session_alone():
+    probe = "import sys; from sdqueue.worker.priority import lower_cpu_priority; lower_cpu_priority(12)"
+    before = autogroup_of(os.getpid())
+
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
+    assert autogroup_of(os.getpid()) == before
+
+
+async def test_a_cpu_worker_generates_under_sched_idle(worker: WorkerProcess, client: SdqueueClient):
+    policies = await asyncio.to_thread(thread_policies, worker.process.pid)
+
+    assert policies[worker.process.pid] == os.SCHED_OTHER  # the event loop: heartbeats, intake, uploads
+    assert os.SCHED_IDLE in policies.values()  # the generation thread
+
+
+def test_gpu_workers_and_opted_out_workers_keep_the_normal_policy():
+    assert generation_thread_setup(RuntimeSettings(device="cpu")) is use_idle_policy
+    assert generation_thread_setup(RuntimeSettings(device="cpu", idle_policy=False)) is None
+    # `cuda` is only named here, never opened: resolving a device name needs no GPU.
+    assert generation_thread_setup(RuntimeSettings(device="cuda")) is None

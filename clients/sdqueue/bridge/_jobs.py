@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from pydantic import ValidationError
 
 from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, UNAVAILABLE, BridgeError
-from sdqueue.bridge._markers import JobMarker, get_marker, recent_job_ids
+from sdqueue.bridge._markers import JobMarker, get_marker, minted_at_s, recent_job_ids
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
 from sdqueue.client import mint_token, request_body, request_message
@@ -26,6 +26,7 @@ from sdqueue.contracts import (
 )
 
 RECORD_POLL_INTERVAL_S = 5.0
+MARKER_POLL_S = 0.25
 
 
 def job_links(job_id: str) -> JobLinks:
@@ -144,10 +145,24 @@ async def recent_jobs(owner: str, *, limit: int, state: BridgeState) -> list[Job
 
 
 async def _find_marker(owner: str, job_id: str, *, state: BridgeState) -> JobMarker | None:
-    """The caller's marker: still being stored in the background, or already in the bucket."""
-    return state.markers.pending(owner, job_id) or await get_marker(
-        owner, job_id, s3=state.settings.s3, client=state.s3
-    )
+    """The caller's marker: still being stored here, already in the bucket, or soon there.
+
+    A job accepted by another bridge process or replica has no marker anywhere for a moment after its `202`; a
+    read of it waits until the marker lands or `bridge.marker_wait_s` after the job was accepted.
+    """
+    marker = state.markers.pending(owner, job_id) or await _stored_marker(owner, job_id, state=state)
+    minted_s = minted_at_s(job_id)
+    if marker is not None or minted_s is None:
+        return marker
+    give_up_s = minted_s + state.settings.bridge.marker_wait_s
+    while marker is None and time.time() < give_up_s:
+        await asyncio.sleep(min(MARKER_POLL_S, max(give_up_s - time.time(), 0.0)))
+        marker = await _stored_marker(owner, job_id, state=state)
+    return marker
+
+
+async def _stored_marker(owner: str, job_id: str, *, state: BridgeState) -> JobMarker | None:
+    return await get_marker(owner, job_id, s3=state.settings.s3, client=state.s3)
 
 
 async def job_events(marker: JobMarker, *, state: BridgeState, timeout_s: float) -> AsyncIterator[JobEvent | None]:

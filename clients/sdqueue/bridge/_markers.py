@@ -39,6 +39,7 @@ MARKER_WRITES_AT_ONCE = 4
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 # 2^44 ms is about the year 2527: the reversed timestamp stays 11 hex digits long until then.
 REVERSE_EPOCH_MS = 2**44
+REVERSED_MS_DIGITS = 11
 MAX_MARKER_BYTES = 64 * 1024
 T = TypeVar("T")
 
@@ -62,7 +63,18 @@ class JobMarker(BaseModel):
 def new_bridge_job_id(*, now_s: float | None = None) -> str:
     """A fresh job id whose text sorts newest first: reversed milliseconds, then randomness."""
     now_ms = int((time.time() if now_s is None else now_s) * 1000)
-    return f"{REVERSE_EPOCH_MS - now_ms:011x}-{uuid.uuid4().hex}"
+    return f"{REVERSE_EPOCH_MS - now_ms:0{REVERSED_MS_DIGITS}x}-{uuid.uuid4().hex}"
+
+
+def minted_at_s(job_id: str) -> float | None:
+    """When `new_bridge_job_id` made this id (Unix seconds), or None for an id of another form."""
+    reversed_ms, dash, _ = job_id.partition("-")
+    if not dash or len(reversed_ms) != REVERSED_MS_DIGITS:
+        return None
+    try:
+        return (REVERSE_EPOCH_MS - int(reversed_ms, 16)) / 1000
+    except ValueError:
+        return None
 
 
 def marker_key(owner: str, job_id: str) -> str:

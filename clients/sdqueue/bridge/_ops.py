@@ -7,7 +7,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdqueue.bridge._errors import UNAVAILABLE, ErrorBody, error_response
@@ -50,7 +50,7 @@ async def _storage_ready(state: BridgeState) -> bool:
 )
 async def metrics(state: State) -> Response:
     """Prometheus metrics in the text exposition format."""
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 class RequestMetrics:

@@ -6,10 +6,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import Request
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from sdqueue.bridge._auth import AccessTokens
 from sdqueue.bridge._hub import HUB_QUEUE_PREFIX, EventHub
@@ -31,13 +33,22 @@ class BridgeConfigError(ClientError):
 
 @dataclass(frozen=True)
 class Metrics:
-    """The bridge's Prometheus metrics, in a registry of its own."""
+    """The bridge's Prometheus metrics, in a registry of its own; with several processes, their files' directory."""
 
     registry: CollectorRegistry
     requests: Counter
     latency: Histogram
     jobs: Counter
     streams: Gauge
+    multiprocess_dir: Path | None = None
+
+    def exposition(self) -> bytes:
+        """The text `/metrics` answers: this process's metrics, or the sum over every process of the bridge."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,15 @@ class BridgeState:
     tokens: AccessTokens
 
 
-def make_metrics() -> Metrics:
-    """Fresh metrics in their own registry (several apps may live in one process)."""
+def make_metrics(*, multiprocess_dir: Path | None = None) -> Metrics:
+    """Fresh metrics in their own registry (several apps may live in one process).
+
+    With `multiprocess_dir`, prometheus_client keeps the values in files there (it reads PROMETHEUS_MULTIPROC_DIR,
+    which `run_bridge` sets for its processes, when it is imported), and `exposition` sums them.
+    """
     registry = CollectorRegistry()
     return Metrics(
+        multiprocess_dir=multiprocess_dir,
         registry=registry,
         requests=Counter(
             "sdqueue_bridge_requests", "HTTP requests answered.", ["method", "route", "status"], registry=registry
@@ -66,7 +82,12 @@ def make_metrics() -> Metrics:
             "sdqueue_bridge_request_seconds", "Time to answer, headers sent.", ["method", "route"], registry=registry
         ),
         jobs=Counter("sdqueue_bridge_jobs_submitted", "Jobs published to the queue.", ["mode"], registry=registry),
-        streams=Gauge("sdqueue_bridge_event_streams", "Open Server-Sent Events streams.", registry=registry),
+        streams=Gauge(
+            "sdqueue_bridge_event_streams",
+            "Open Server-Sent Events streams.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        ),
     )
 
 

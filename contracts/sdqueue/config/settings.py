@@ -144,7 +144,14 @@ class RuntimeSettings(_Group):
         default=10,
         description="CPU priority (niceness) of the worker process and every thread it runs. Generation is "
         "throughput work: on a shared host, latency-bound neighbours (a bridge, the broker) go first. 0 competes "
-        "on equal terms; a worker started nicer than this keeps its own value.",
+        "on equal terms; a worker started nicer than this keeps its own value. A worker that leads its own session "
+        "(the dev stack starts it so; `setsid`) also sets its session's autogroup, which other sessions see.",
+    )
+    idle_policy: bool = Field(
+        default=True,
+        description="On Linux, a CPU worker generates under SCHED_IDLE: a bridge or broker woken on its host runs "
+        "on the worker's core at once, and generation takes only the CPU they leave. Never applied on CUDA, where "
+        "the generating thread feeds the GPU.",
     )
     attention_slicing: bool = Field(default=False, description="Trade speed for memory on small GPUs.")
     channels_last: bool = Field(default=False, description="UNet and VAE in channels-last memory format.")
@@ -211,6 +218,18 @@ class BridgeSettings(_Group):
 
     host: str = Field(default="127.0.0.1", description="Address the bridge binds to.")
     port: Annotated[int, Field(ge=0, le=65535)] = Field(default=8000, description="Port the bridge listens on.")
+    processes: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=1,
+        description="Processes serving the bridge on its one port (uvicorn's workers), each with its own broker "
+        "connection and event stream. A burst of accepts is CPU-bound in one process: use about one per core the "
+        "bridge may take. Above 1, `/metrics` sums all processes (Prometheus multiprocess mode).",
+    )
+    marker_wait_s: Annotated[float, Field(ge=0)] = Field(
+        default=5.0,
+        description="How long after a job was accepted a read of it waits for its marker when this process "
+        "holds none: another process or replica may have accepted it and stores the marker a moment later. "
+        "0 answers 404 at once (one process, no replicas).",
+    )
     token_secret: SecretStr | None = Field(
         default=None,
         description="HMAC secret (at least 32 bytes) that signs bridge access tokens; not `auth.hs256_secret`.",

@@ -51,12 +51,17 @@ def worker_environment(settings: Settings, *, extra: Mapping[str, str] | None = 
 def start_worker(
     settings: Settings, *, log: IO[bytes], extra_env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Run `python -m sdqueue worker` as a child process with exactly these settings."""
+    """Run `python -m sdqueue worker` as a child process with exactly these settings.
+
+    It leads its own session, so its CPU priority also reaches the broker's and the bridge's sessions
+    (`sdqueue.worker.priority`); `stop_process` stops it, as a terminal's Ctrl-C no longer reaches it.
+    """
     return subprocess.Popen(
         [sys.executable, "-m", "sdqueue", "worker"],
         env=worker_environment(settings, extra=extra_env),
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
