@@ -54,11 +54,10 @@ log = logging.getLogger(__name__)
 
 async def run_worker(settings: Settings) -> None:
     """Serve every configured model alias until SIGTERM or SIGINT, then drain and return."""
-    executor = ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="sdqueue-generate", initializer=generation_thread_setup(settings.runtime)
-    )
+    setup = generation_thread_setup(settings.runtime)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdqueue-generate", initializer=setup)
     try:
-        log.info("runtime: %s", describe_runtime(settings.runtime))
+        log.info("runtime: %s sched_idle=%s", describe_runtime(settings.runtime), "yes" if setup else "no")
         metrics = WorkerMetrics(gpu_memory_bytes=gpu_memory_probe(settings.runtime))
         models = await load_models(settings, executor=executor, metrics=metrics)
         generators = {alias: CachedModel(models, alias) for alias in models.aliases}
