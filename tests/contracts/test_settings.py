@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from sdqueue.config import AuthSettings, Settings, load_settings
+from sdqueue.config import AuthSettings, BridgeSettings, Settings, child_environment, load_settings
 from sdqueue.config.settings import unknown_variables
 
 SECRET = "s3cr3t-value-that-is-long-enough-for-hs256"
@@ -33,6 +33,23 @@ def test_defaults_need_no_environment():
     assert settings.auth.issuers == ("sdqueue",)
     assert settings.auth.algorithms == ("HS256",)
     assert settings.worker_name
+
+
+def test_a_child_environment_rebuilds_exactly_the_given_settings(monkeypatch: pytest.MonkeyPatch):
+    settings = Settings(bridge=BridgeSettings(processes=3))
+    base = {"PATH": "/usr/bin", "SDQUEUE_BRIDGE__MARKER_WAIT_S": "0", "sdqueue_model": "stale"}
+
+    environment = child_environment(settings, base=base)
+
+    assert environment["PATH"] == "/usr/bin"
+    assert "sdqueue_model" not in environment
+    for key in [key for key in os.environ if key.upper().startswith("SDQUEUE_")]:
+        monkeypatch.delenv(key)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    rebuilt = Settings()
+    assert rebuilt.model_copy(update={"worker_name": settings.worker_name}) == settings  # each child names itself
+    assert rebuilt.bridge.marker_wait_s > 0  # the base's stale 0 is gone
 
 
 def test_nested_group_fields_use_double_underscore(monkeypatch: pytest.MonkeyPatch):

@@ -18,7 +18,7 @@ from sdqueue.bridge import _compat, _ops, _routes
 from sdqueue.bridge._errors import install_error_handlers
 from sdqueue.bridge._lane import AcceptLane, lane_routes
 from sdqueue.bridge._state import check_settings, make_metrics, open_state
-from sdqueue.config import Settings, load_settings
+from sdqueue.config import Settings, child_environment, load_settings
 
 DESCRIPTION = """\
 The HTTP bridge of sdqueue. Sign in with `POST /token` (OAuth2 password flow), then send the bearer token.
@@ -55,7 +55,7 @@ def run_bridge(settings: Settings) -> int:
     """Serve the bridge with uvicorn on `bridge.host:bridge.port` until interrupted; returns the exit code.
 
     With `bridge.processes` above 1, uvicorn's supervisor runs that many processes on the one socket; each builds
-    its app from the environment (`app_from_environment`), as `settings` were loaded here.
+    its app from the environment (`app_from_environment`), which this process first sets to rebuild `settings`.
 
     Raises:
         BridgeConfigError: a secret the bridge needs is not set.
@@ -73,8 +73,12 @@ def run_bridge(settings: Settings) -> int:
         return 0
     shutil.rmtree(directory, ignore_errors=True)  # a previous run's processes are gone; so are their values
     directory.mkdir(parents=True)
-    # prometheus_client reads this variable when it is imported: set here, it reaches every spawned process.
-    os.environ[MULTIPROCESS_ENV] = str(directory)
+    # The spawned processes inherit this environment: their settings, and the variable prometheus_client reads
+    # when it is imported.
+    environment = child_environment(settings, base=os.environ)
+    environment[MULTIPROCESS_ENV] = str(directory)
+    os.environ.clear()
+    os.environ.update(environment)
     uvicorn.run(APP_FACTORY, factory=True, workers=bridge.processes, log_level="info", **options)
     return 0
 

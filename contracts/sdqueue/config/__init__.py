@@ -14,6 +14,7 @@ from sdqueue.config.settings import (
     S3Settings,
     Settings,
     WebhookSettings,
+    child_environment,
     load_settings,
     to_environment,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "S3Settings",
     "Settings",
     "WebhookSettings",
+    "child_environment",
     "load_settings",
     "make_s3_client",
     "to_environment",

@@ -436,6 +436,14 @@ def to_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def child_environment(settings: Settings, *, base: Mapping[str, str]) -> dict[str, str]:
+    """A child process's whole environment: `base` without its `SDQUEUE_*` variables, plus those that rebuild
+    `settings`, so the child loads exactly these settings and no stale variable of the parent's."""
+    env = {key: value for key, value in base.items() if not key.upper().startswith(ENV_PREFIX)}
+    env.update(to_environment(settings))
+    return env
+
+
 def _put(env: dict[str, str], key: str, value: object) -> None:
     if value is None:
         return

@@ -13,8 +13,7 @@ from typing import IO
 
 from pydantic import SecretStr
 
-from sdqueue.config import Settings, to_environment
-from sdqueue.config.settings import ENV_PREFIX
+from sdqueue.config import Settings, child_environment
 from sdqueue.devstack.seaweed import SeaweedServer, start_seaweed
 
 
@@ -42,10 +41,7 @@ def start_storage(settings: Settings, *, data_dir: Path) -> tuple[SeaweedServer,
 
 def worker_environment(settings: Settings, *, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment minus its own `SDQUEUE_*` variables, plus those that rebuild `settings`."""
-    env = {key: value for key, value in os.environ.items() if not key.upper().startswith(ENV_PREFIX)}
-    env.update(to_environment(settings))
-    env.update(extra or {})
-    return env
+    return {**child_environment(settings, base=os.environ), **(extra or {})}
 
 
 def start_worker(
