@@ -83,6 +83,12 @@ def autogroup_of(pid: int) -> int:
     return autogroup_nice(Path(f"/proc/{pid}/autogroup").read_text())
 
 
+def test_autogroup_lines_parse_including_the_default_groups_empty_one():
+    assert autogroup_nice("/autogroup-85 nice 10\n") == 10
+    assert autogroup_nice("/autogroup-3 nice -5\n") == -5
+    assert autogroup_nice("") == 0  # the init session's group, which the kernel prints as nothing
+
+
 needs_autogroup = pytest.mark.skipif(not AUTOGROUP.is_file(), reason="the kernel has no autogroup scheduling")
 
 

@@ -54,8 +54,13 @@ def renice_autogroup(nice: int) -> None:
 
 
 def autogroup_nice(line: str) -> int:
-    """The niceness in a `/proc/PID/autogroup` line such as `/autogroup-85 nice 0`."""
-    return int(line.split("nice", 1)[1])
+    """The niceness in a `/proc/PID/autogroup` line such as `/autogroup-85 nice 0`.
+
+    A process still in the init session's default group (no `setsid` since boot, as in many containers) reads an
+    empty file; that group is the root one, at niceness 0.
+    """
+    _, found, nice = line.partition("nice")
+    return int(nice) if found else 0
 
 
 def use_idle_policy() -> None:
