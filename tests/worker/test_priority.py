@@ -12,15 +12,7 @@ import pytest
 
 from sdqueue.client import SdqueueClient
 from sdqueue.config import RuntimeSettings
-from sdqueue.worker.priority import (
-    AUTOGROUP,
-    IDLE_CGROUP,
-    MOUNTS,
-    autogroup_nice,
-    cgroup_v1_mount,
-    own_cgroup,
-    use_idle_policy,
-)
+from sdqueue.worker.priority import AUTOGROUP, autogroup_nice, use_idle_policy
 from sdqueue.worker.worker import generation_thread_setup
 from tests.plugins.stack import WorkerProcess
 
@@ -122,51 +114,6 @@ async def test_a_cpu_worker_generates_under_sched_idle(worker: WorkerProcess, cl
 
     assert policies[worker.process.pid] == os.SCHED_OTHER  # the event loop: heartbeats, intake, uploads
     assert os.SCHED_IDLE in policies.values()  # the generation thread
-
-
-MOUNTS_V1 = """\
-tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
-cgroup /sys/fs/cgroup/cpuset cgroup rw,relatime,cpuset 0 0
-cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,cpu,cpuacct 0 0
-cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
-"""
-CGROUPS_V1 = "12:cpuset:/\n4:cpu,cpuacct:/system.slice/worker.service\n0::/system.slice/worker.service\n"
-
-
-def test_the_cpu_hierarchy_and_own_group_are_read_from_proc():
-    assert cgroup_v1_mount(MOUNTS_V1, controller="cpu") == Path("/sys/fs/cgroup/cpu,cpuacct")
-    assert own_cgroup(CGROUPS_V1, controller="cpu") == "/system.slice/worker.service"
-    # A cgroup v2-only host: no v1 hierarchy, so the worker keeps to SCHED_IDLE alone.
-    assert cgroup_v1_mount("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n", controller="cpu") is None
-    assert own_cgroup("0::/user.slice\n", controller="cpu") is None
-
-
-def thread_cpu_cgroups(pid: int) -> dict[int, str]:
-    """Each thread's group in the cpu hierarchy, by thread id."""
-    groups = {}
-    for entry in Path(f"/proc/{pid}/task").iterdir():
-        group = own_cgroup(Path(entry, "cgroup").read_text(), controller="cpu")
-        assert group is not None
-        groups[int(entry.name)] = group
-    return groups
-
-
-CPU_MOUNT = cgroup_v1_mount(MOUNTS.read_text() if MOUNTS.is_file() else "", controller="cpu")
-
-
-@pytest.mark.skipif(
-    CPU_MOUNT is None or not os.access(CPU_MOUNT, os.W_OK), reason="no writable cgroup v1 cpu hierarchy here"
-)
-async def test_a_cpu_worker_generates_in_an_idle_cgroup_where_the_host_has_one(
-    worker: WorkerProcess, client: SdqueueClient
-):
-    assert CPU_MOUNT is not None
-    groups = await asyncio.to_thread(thread_cpu_cgroups, worker.process.pid)
-
-    idle = {group for group in groups.values() if group.endswith(f"/{IDLE_CGROUP}")}
-    assert not groups[worker.process.pid].endswith(IDLE_CGROUP)  # the event loop keeps its weight
-    assert len(idle) == 1  # the generation thread's
-    assert (CPU_MOUNT / idle.pop().lstrip("/") / "cpu.idle").read_text().strip() == "1"
 
 
 def test_gpu_workers_and_opted_out_workers_keep_the_normal_policy():

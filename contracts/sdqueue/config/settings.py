@@ -150,9 +150,7 @@ class RuntimeSettings(_Group):
     idle_policy: bool = Field(
         default=True,
         description="On Linux, a CPU worker generates under SCHED_IDLE: a bridge or broker woken on its host runs "
-        "on the worker's core at once, and generation takes only the CPU they leave. Where the host has cgroup v1's "
-        "cpu hierarchy and the worker may write to it, the generating thread also moves to an `sdqueue-generation` "
-        "child group marked `cpu.idle`, which yields to other sessions and groups too. Never applied on CUDA, where "
+        "on the worker's core at once, and generation takes only the CPU they leave. Never applied on CUDA, where "
         "the generating thread feeds the GPU.",
     )
     attention_slicing: bool = Field(default=False, description="Trade speed for memory on small GPUs.")
