@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 
-from bench import batching, footprint, publish, raw_vs_queue, scale, seed_style
+from bench import batching, footprint, overhead, publish, raw_vs_queue, scale, seed_style
 
 
 def main() -> int:
-    """Run items 1, 1b, 2, 3 and 4 and report which targets hold."""
+    """Run items 1, 1b, 1c, 2, 3 and 4 and report which targets hold."""
     print("== item 1: raw diffusers loop vs sdqueue end to end ==")
     queue_ok = raw_vs_queue.main()["ratio"] >= raw_vs_queue.TARGET_RATIO
     print("\n== item 1b: micro-batching vs raw batch 1 ==")
     batching_ok = batching.main() >= batching.TARGET_RATIO
+    print("\n== item 1c: the broker and bucket's cost per job ==")
+    overhead.main([])
     print("\n== item 2: seed-style app (generation in its async handler) vs bridge + worker, 16 callers ==")
     health_ok = seed_style.is_health_ok(seed_style.main())
     print("\n== item 3: client publish throughput ==")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +82,15 @@ def txt2img_request(*, seed: int, size_px: int, steps: int) -> GenerationRequest
         steps=steps,
         seed=seed,
     )
+
+
+async def queue_rate(settings: Settings, *, jobs: int, size_px: int, steps: int) -> float:
+    """Images/s through sdqueue from the first publish to the last succeeded event, all jobs published at once."""
+    async with SdqueueClient(settings, subject="bench") as client:
+        await client.generate(txt2img_request(seed=10_000, size_px=size_px, steps=steps), timeout_s=120)  # warm-up
+        requests = [txt2img_request(seed=seed, size_px=size_px, steps=steps) for seed in range(jobs)]
+        started = time.perf_counter()
+        await asyncio.gather(*(client.submit(request) for request in requests))
+        for request in requests:
+            await client.wait(request.job_id, timeout_s=300)
+        return jobs / (time.perf_counter() - started)

@@ -13,8 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._stack import bench_stack, txt2img_request, txt2img_spec, wait_until_ready
-from sdqueue.client import SdqueueClient
+from bench._stack import bench_stack, queue_rate, txt2img_spec, wait_until_ready
 from sdqueue.config import Settings
 from sdqueue.devstack.stack import start_worker, stop_process
 from sdqueue.worker.generate import load_generator
@@ -37,18 +36,6 @@ def raw_rates(settings: Settings) -> tuple[float, float]:
     return one, JOBS / (time.perf_counter() - started)
 
 
-async def queue_rate(settings: Settings) -> float:
-    """Images/s through sdqueue, all JOBS published at once so the worker can batch them."""
-    async with SdqueueClient(settings, subject="bench") as client:
-        await client.generate(txt2img_request(seed=10_000, size_px=SIZE_PX, steps=STEPS), timeout_s=120)
-        requests = [txt2img_request(seed=seed, size_px=SIZE_PX, steps=STEPS) for seed in range(JOBS)]
-        started = time.perf_counter()
-        await asyncio.gather(*(client.submit(request) for request in requests))
-        for request in requests:
-            await client.wait(request.job_id, timeout_s=300)
-        return JOBS / (time.perf_counter() - started)
-
-
 def main() -> float:
     """Alternate raw and queued rounds; print medians and the ratio to raw batch 1."""
     with (
@@ -64,7 +51,7 @@ def main() -> float:
                 one, batch = raw_rates(settings)
                 raw_one.append(one)
                 raw_batch.append(batch)
-                queued.append(asyncio.run(queue_rate(settings)))
+                queued.append(asyncio.run(queue_rate(settings, jobs=JOBS, size_px=SIZE_PX, steps=STEPS)))
                 rates = f"raw b1 {one:.2f}, raw b{BATCH} {batch:.2f}, sdqueue {queued[-1]:.2f} img/s"
                 print(f"  round {round_index + 1}: {rates}")
         finally:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sdqueue.config import RuntimeSettings
-from sdqueue.worker.generate import GenerationSpec, load_generator
+from sdqueue.worker.generate import GenerationSpec, ImageGenerator, load_generator, warm_up
 
 SPEC = GenerationSpec(
     mode="txt2img",
@@ -58,3 +58,23 @@ def test_compiled_unet_keeps_the_picture_on_cuda(tiny_model_dir: Path):
     compiled = _pixels(tiny_model_dir, cuda.model_copy(update={"compile_mode": "default", "channels_last": True}))
 
     assert np.abs(plain - compiled).mean() < 2.0
+
+
+@pytest.mark.parametrize(("compile_mode", "expected"), [("off", [1]), ("default", [1, 3])])
+def test_warm_up_covers_the_batched_shape_only_when_compiled(
+    compile_mode: str, expected: list[int], tiny_generator: ImageGenerator, monkeypatch: pytest.MonkeyPatch
+):
+    # warm_up only chooses the shapes, so the real (uncompiled) tiny generator shows which calls it makes.
+    batches: list[int] = []
+    generate = tiny_generator.generate
+
+    def recording(spec: GenerationSpec, **kwargs: object) -> object:
+        batches.append(len(spec.seeds))
+        return generate(spec)
+
+    monkeypatch.setattr(tiny_generator, "generate", recording)
+    runtime = BASE.model_copy(update={"compile_mode": compile_mode, "warmup_steps": 1, "warmup_size_px": 64})
+
+    warm_up(tiny_generator, runtime=runtime, batch_images=3)
+
+    assert batches == expected

@@ -146,7 +146,7 @@ async def produce(
         services=services,
     )
     with ctx.phase("encode"):
-        encoded = await asyncio.to_thread(_encode, request, generated)
+        encoded = await asyncio.to_thread(encode_job, request, generated)
     with ctx.phase("upload"):
         images = await upload_images(request, encoded, services=services)
     if services.settings.faults.exit_after_upload:
@@ -194,19 +194,7 @@ async def generate(
     services: Services,
 ) -> GeneratedImages:
     """Run the model on the worker's single generation thread, publishing throttled progress meanwhile."""
-    spec = GenerationSpec(
-        mode=request.mode,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        width=request.width,
-        height=request.height,
-        steps=request.steps,
-        guidance_scale=request.guidance_scale,
-        seeds=image_seeds(request),
-        scheduler=request.scheduler,
-        strength=request.effective_strength,
-        init_image=init_image,
-    )
+    spec = generation_spec(request, init_image)
     marker = services.settings.faults.fail_prompt_marker
     if marker and marker in request.prompt:
         raise RuntimeError("test fault: generation fails for this prompt")
@@ -261,7 +249,25 @@ def _throttled(send: Callable[[int, int], object]) -> Callable[[int, int], None]
     return on_step
 
 
-def _encode(request: GenerationRequest, generated: GeneratedImages) -> list[EncodedImage]:
+def generation_spec(request: GenerationRequest, init_image: Image.Image | None) -> GenerationSpec:
+    """What the model runs for a validated request: one seed per image, the init image already loaded."""
+    return GenerationSpec(
+        mode=request.mode,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.width,
+        height=request.height,
+        steps=request.steps,
+        guidance_scale=request.guidance_scale,
+        seeds=image_seeds(request),
+        scheduler=request.scheduler,
+        strength=request.effective_strength,
+        init_image=init_image,
+    )
+
+
+def encode_job(request: GenerationRequest, generated: GeneratedImages) -> list[EncodedImage]:
+    """Encode a job's images in its output format, each with its own seed in the embedded parameters."""
     seeds = image_seeds(request)
     parameters = [
         format_parameters(

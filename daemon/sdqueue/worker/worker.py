@@ -182,7 +182,7 @@ async def load_models(settings: Settings, *, executor: ThreadPoolExecutor, metri
         log.info("loading model %s from %s", alias, source)
         generator = load_generator(source, runtime=settings.runtime)
         started = time.monotonic()
-        warm_up(generator, runtime=settings.runtime)
+        warm_up(generator, runtime=settings.runtime, batch_images=settings.batching.max_images)
         log.info("model %s warmed up in %.2fs", alias, time.monotonic() - started)
         return generator
 

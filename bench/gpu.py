@@ -1,0 +1,246 @@
+"""Item 5: Stable Diffusion 1.5 on a CUDA device, with random weights of the real architecture (real costs).
+
+First images/s by batch size for each configuration (fp32 eager as the original API ran, fp16 and bf16 with SDPA,
+fp16 with channels-last and fused QKV, and that with the UNet compiled). Then the worker's own path at the best
+configuration, side by side with the bare pipeline call: validated request bodies → micro-batching → generation →
+encoding, everything but the broker and the bucket (that host has neither; `bench.overhead` measures their cost).
+Every result is written to the JSON file as soon as it exists, so a run cut short keeps what it measured.
+
+    python -m bench.gpu --out gpu.json                     # on the GPU host
+    python -m bench.gpu_plot gpu.json docs/img/gpu-images-per-s.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+
+from bench._anchors import BOUND_IMAGES_PER_S
+from bench._path import worker_path_rate
+from bench._stack import txt2img_spec
+from sdqueue.config import RuntimeSettings
+from sdqueue.worker.generate import ImageGenerator, build_tiny_model, load_generator
+from sdqueue.worker.generate.sd15 import build_sd15_random
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "fp32-eager": {"dtype": "float32"},
+    "fp16-sdpa": {"dtype": "float16"},
+    "bf16-sdpa": {"dtype": "bfloat16"},
+    "fp16-tuned": {"dtype": "float16", "channels_last": True, "fuse_qkv": True},
+    "fp16-compiled": {"dtype": "float16", "channels_last": True, "fuse_qkv": True, "compile_mode": "reduce-overhead"},
+}
+
+
+@dataclass
+class Results:
+    """Everything measured so far; saved whole after each addition."""
+
+    path: Path
+    machine: dict[str, Any]
+    parameters: dict[str, Any]
+    load_s: dict[str, float] = field(default_factory=dict)
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    worker_path: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def save(self) -> None:
+        fields = {name: value for name, value in asdict(self).items() if name != "path"}
+        self.path.write_text(json.dumps(fields, indent=2) + "\n")
+
+
+def machine_facts(device: str) -> dict[str, Any]:
+    """Which machine and library versions produced the figures."""
+    facts: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if device.startswith("cuda"):
+        facts |= {
+            "gpu": torch.cuda.get_device_name(0),
+            "cuda": torch.version.cuda,
+            "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+            "flash_sdp": torch.backends.cuda.flash_sdp_enabled(),  # type: ignore[no-untyped-call]  # torch
+        }
+    return facts
+
+
+def time_calls(generator: ImageGenerator, *, batch: int, size_px: int, steps: int, min_s: float) -> dict[str, Any]:
+    """Median seconds of one `batch`-image pipeline call, repeated until `min_s` has passed (at most 5 calls).
+
+    Peak GPU memory is this model's alone: its weights plus what a call adds, whatever else is loaded.
+    """
+    spec = txt2img_spec(seeds=tuple(range(batch)), size_px=size_px, steps=steps)
+    seconds: list[float] = []
+    peak_extra = 0
+    while not seconds or (sum(seconds) < min_s and len(seconds) < 5):
+        before = _reset_peak()
+        started = time.perf_counter()
+        generator.generate(spec)
+        seconds.append(time.perf_counter() - started)
+        peak_extra = max(peak_extra, _peak() - before)
+    median_s = statistics.median(seconds)
+    return {
+        "batch": batch,
+        "calls": len(seconds),
+        "seconds": round(median_s, 4),
+        "images_per_s": round(batch / median_s, 3),
+        "steps_per_s": round(steps / median_s, 2),
+        "fraction_of_bound": round(batch / median_s / BOUND_IMAGES_PER_S, 3),
+        "peak_gpu_gib": round((generator.memory_bytes + peak_extra) / 2**30, 2) if torch.cuda.is_available() else 0,
+    }
+
+
+def _reset_peak() -> int:
+    """Start a new peak and return the bytes allocated now (0 without CUDA)."""
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def _peak() -> int:
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+def sweep(generator: ImageGenerator, name: str, *, args: argparse.Namespace, results: Results) -> float:
+    """Measure every batch size for one configuration; return its best images/s."""
+    best = 0.0
+    for batch in args.batches:
+        started = time.perf_counter()
+        # The first call at a batch size pays lazy initialisation (and, compiled, the compile): not timed.
+        generator.generate(txt2img_spec(seeds=tuple(range(batch)), size_px=args.size, steps=2))
+        warmup_s = time.perf_counter() - started
+        timed = time_calls(generator, batch=batch, size_px=args.size, steps=args.steps, min_s=args.min_s)
+        row = {"config": name, "warmup_s": round(warmup_s, 2)} | timed
+        print(f"  {name} batch {batch}: {row['images_per_s']} img/s, {row['steps_per_s']} steps/s", flush=True)
+        results.sweep.append(row)
+        results.save()
+        best = max(best, float(timed["images_per_s"]))
+    return best
+
+
+def raw_rate(generator: ImageGenerator, *, jobs: int, batch: int, args: argparse.Namespace) -> float:
+    """Images/s of the bare pipeline call for the same images in batches of `batch` (no parsing, no encoding)."""
+    started = time.perf_counter()
+    for first in range(0, jobs, batch):
+        seeds = tuple(range(first, min(first + batch, jobs)))
+        generator.generate(txt2img_spec(seeds=seeds, size_px=args.size, steps=args.steps))
+    return jobs / (time.perf_counter() - started)
+
+
+def measure_worker_path(generator: ImageGenerator, name: str, *, args: argparse.Namespace, results: Results) -> None:
+    """The worker's path against the bare call, alternated over rounds so drift hits both."""
+    batch = max(args.batches)
+    # Warm the encoder and the threads first.
+    asyncio.run(worker_path_rate(generator, jobs=batch, batch=batch, size_px=args.size, steps=args.steps))
+    path_rates, raw_rates = [], []
+    for _ in range(args.rounds):
+        raw_rates.append(raw_rate(generator, jobs=args.jobs, batch=batch, args=args))
+        rate = worker_path_rate(generator, jobs=args.jobs, batch=batch, size_px=args.size, steps=args.steps)
+        path_rates.append(asyncio.run(rate))
+    path, raw = statistics.median(path_rates), statistics.median(raw_rates)
+    row = {
+        "config": name,
+        "batch": batch,
+        "jobs": args.jobs,
+        "rounds": args.rounds,
+        "path_images_per_s": round(path, 3),
+        "raw_images_per_s": round(raw, 3),
+        "path_over_raw": round(path / raw, 3),
+        "path_rates": [round(rate, 3) for rate in path_rates],
+        "raw_rates": [round(rate, 3) for rate in raw_rates],
+    }
+    print(f"  worker path {name} batch {batch}: {path:.2f} img/s vs bare {raw:.2f} ({path / raw:.3f})", flush=True)
+    results.worker_path.append(row)
+    results.save()
+
+
+def model_dir(args: argparse.Namespace) -> Path:
+    """The model to measure: SD 1.5 with random weights (or the tiny one for a CPU smoke run), built once."""
+    path: Path = args.model_dir
+    if (path / "model_index.json").exists():
+        return path
+    started = time.perf_counter()
+    built = build_tiny_model(path) if args.tiny else build_sd15_random(path)
+    print(f"built {'tiny' if args.tiny else 'SD 1.5'} model in {time.perf_counter() - started:.1f}s", flush=True)
+    return built
+
+
+def run_config(name: str, *, source: Path, args: argparse.Namespace, results: Results) -> tuple[float, ImageGenerator]:
+    """Load one configuration and sweep its batch sizes; return its best images/s and the loaded generator."""
+    runtime = RuntimeSettings(device=args.device, warmup_steps=0, **CONFIGS[name])
+    started = time.perf_counter()
+    generator = load_generator(str(source), runtime=runtime)
+    results.load_s[name] = round(time.perf_counter() - started, 2)
+    return sweep(generator, name, args=args, results=results), generator
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Sweep the configurations in order; the worker path runs after the eager ones and again if compiled wins."""
+    args = parse_args(argv)
+    results = Results(args.out, machine=machine_facts(args.device), parameters=vars(args) | {"out": str(args.out)})
+    results.parameters["model_dir"] = str(args.model_dir)
+    source = model_dir(args)
+    best: tuple[float, str, ImageGenerator] | None = None
+    for name in args.configs:
+        if name == "fp16-compiled" and best is not None:
+            measure_worker_path(best[2], best[1], args=args, results=results)
+        try:
+            rate, generator = run_config(name, source=source, args=args, results=results)
+        except Exception as exc:  # a configuration that fails is recorded; the others still run
+            results.errors.append({"config": name, "error": repr(exc), "traceback": traceback.format_exc()})
+            results.save()
+            print(f"  {name} failed: {exc!r}", flush=True)
+            continue
+        if best is None or rate > best[0]:
+            if best is not None:
+                best[2].release()
+            best = (rate, name, generator)
+        else:
+            generator.release()
+    if best is not None and not any(row["config"] == best[1] for row in results.worker_path):
+        measure_worker_path(best[2], best[1], args=args, results=results)
+    print(f"results in {args.out}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; the defaults are the GPU run recorded in docs/benchmarks.md."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("gpu.json"))
+    parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "sdqueue-sd15-random")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model instead of SD 1.5 (a CPU smoke run)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--configs", type=lambda text: text.split(","), default=list(CONFIGS))
+    parser.add_argument("--batches", type=lambda text: [int(n) for n in text.split(",")], default=[1, 4, 8, 16])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--min-s", type=float, default=3.0, help="time each batch size for at least this long")
+    parser.add_argument("--jobs", type=int, default=48, help="jobs per worker-path round")
+    parser.add_argument("--rounds", type=int, default=2, help="worker-path rounds (alternated with the bare call)")
+    args = parser.parse_args(argv)
+    unknown = set(args.configs) - set(CONFIGS)
+    if unknown:
+        parser.error(f"unknown configurations {sorted(unknown)}; known: {', '.join(CONFIGS)}")
+    return args
+
+
+if __name__ == "__main__":
+    main()
