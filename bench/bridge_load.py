@@ -8,7 +8,8 @@ client on raw asyncio streams: httpx alone spends a millisecond or more of CPU p
 cores would be measured as the bridge's latency. The worker runs with one torch thread, as docs/operations.md
 sizes CPU workers (one per core), at its default CPU priority (`runtime.nice`, `runtime.idle_policy`). The bridge
 runs as `sdqueue bridge` with `bridge.processes` = 2, one per core, as docs/operations.md sizes it;
-`--processes 1` measures a single process instead.
+`--processes 1` measures a single process instead, and `--access-log` turns uvicorn's access log on (off by
+default, as `bridge.access_log` is).
 
 A first round warms the bridge's code paths and is reported apart. Then rounds alternate: a busy round starts
 once the worker has drained the earlier rounds' jobs and begun a slow one (256x256, 60 steps), so the round
@@ -55,10 +56,10 @@ Accept = tuple[str | None, float, int]  # job id (None unless 202), seconds to t
 BRIDGE_PROCESSES = 2
 
 
-def main(*, processes: int = BRIDGE_PROCESSES) -> dict[str, float]:
+def main(*, processes: int = BRIDGE_PROCESSES, access_log: bool = False) -> dict[str, float]:
     """Run the load against a bridge of `processes` processes, print the figures, and return them."""
     with bench_stack(threads=1, prefetch=1) as base:
-        settings = _with_bridge(base, processes=processes)
+        settings = _with_bridge(base, processes=processes, access_log=access_log)
         UserStore(settings.users_file).add("bench", "bench-password")
         log = (settings.state_dir / "bench.log").open("wb")
         worker = start_worker(settings, log=log)
@@ -71,16 +72,16 @@ def main(*, processes: int = BRIDGE_PROCESSES) -> dict[str, float]:
             stop_process(bridge, timeout_s=15)
             stop_process(worker, timeout_s=60)
             log.close()
-    _report(figures, processes=processes)
+    _report(figures, processes=processes, access_log=access_log)
     return figures
 
 
-def _with_bridge(settings: Settings, *, processes: int = 1) -> Settings:
+def _with_bridge(settings: Settings, *, processes: int = 1, access_log: bool = False) -> Settings:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     secret = SecretStr(secrets.token_urlsafe(40))
-    bridge = BridgeSettings(port=port, token_secret=secret, max_wait_s=600, processes=processes)
+    bridge = BridgeSettings(port=port, token_secret=secret, max_wait_s=600, processes=processes, access_log=access_log)
     return settings.model_copy(update={"bridge": bridge})
 
 
@@ -211,9 +212,10 @@ async def _finish(http: httpx.AsyncClient, headers: dict[str, str], job_id: str)
     return 200
 
 
-def _report(figures: dict[str, float], *, processes: int) -> None:
+def _report(figures: dict[str, float], *, processes: int, access_log: bool) -> None:
     verdict = "ok" if figures["p99_ms"] < TARGET_P99_S * 1000 else "MISSED"
-    shape = f"one bridge of {processes} process{'es' if processes > 1 else ''}, one worker"
+    log = ", access log on" if access_log else ""
+    shape = f"one bridge of {processes} process{'es' if processes > 1 else ''}{log}, one worker"
     print(f"  {REQUESTS} concurrent txt2img per round, {shape} (tiny model, 64x64, 2 steps)")
     print(f"  warm-up round p99 {figures['warm_up_p99_ms']:.1f} ms (not counted)")
     print(
@@ -231,5 +233,7 @@ def _report(figures: dict[str, float], *, processes: int) -> None:
 if __name__ == "__main__":
     arguments = argparse.ArgumentParser(description="200 concurrent accepts against one bridge and one worker")
     arguments.add_argument("--processes", type=int, default=BRIDGE_PROCESSES, help="bridge processes (default 2)")
-    result = main(processes=arguments.parse_args().processes)
+    arguments.add_argument("--access-log", action="store_true", help="uvicorn's access log on (default off)")
+    options = arguments.parse_args()
+    result = main(processes=options.processes, access_log=options.access_log)
     sys.exit(0 if result["p99_ms"] < TARGET_P99_S * 1000 and result["completed"] == result["requests"] else 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from sdqueue.client import SdqueueClient, UnroutableRequest, new_job_id
@@ -45,3 +47,17 @@ async def test_a_models_defaults_fill_what_the_request_leaves_out(
     events = [await isolated_client.generate(request, timeout_s=120) for request in (bare, sized)]
 
     assert [(event.images[0].width, event.images[0].height) for event in events] == [(72, 64), (64, 80)]
+
+
+async def test_requests_before_any_worker_are_refused_and_the_client_stays_usable(
+    isolated: IsolatedStack, isolated_client: SdqueueClient
+):
+    # A fresh vhost: no worker has declared its exchange or queue yet. Concurrent publishes each get a clear
+    # refusal; none finds the channel closed under it, and the client works once a worker is there.
+    refused = await asyncio.gather(*(isolated_client.submit(txt2img()) for _ in range(50)), return_exceptions=True)
+    isolated.start_worker("late")
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    event = await isolated_client.generate(txt2img(), timeout_s=120)
+
+    assert [type(outcome) for outcome in refused] == [UnroutableRequest] * 50
+    assert isinstance(event, SucceededEvent)

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 from pydantic import SecretStr
 
+from sdqueue.client.tokens import encode_hs256
 from sdqueue.config import AuthSettings
 from sdqueue.contracts import ErrorCode, body_sha256
 from sdqueue.worker.errors import SdqueueError
@@ -140,3 +141,27 @@ def test_hmac_not_allowed_when_only_public_keys_are_configured(auth: AuthSetting
     rs_only = auth.model_copy(update={"algorithms": ("RS256",), "hs256_secret": None})
 
     assert _code(jwt.encode(_claims(), SECRET, algorithm="HS256"), rs_only) is ErrorCode.INVALID_TOKEN
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        _claims(),
+        _claims(sub="émilie ☃", scope="sdqueue:generate sdqueue:cancel"),
+        _claims(quota={"max_steps": 20, "models": ["default", "fast"], "priority": "high"}),
+    ],
+)
+def test_the_clients_hs256_encoder_matches_pyjwt_byte_for_byte(claims: dict[str, Any], auth: AuthSettings):
+    token = encode_hs256(claims, SECRET)
+
+    assert token == jwt.encode(claims, SECRET, algorithm="HS256")
+    assert _verify(token, auth).subject == claims["sub"]
+
+
+def test_the_clients_hs256_encoder_refuses_an_asymmetric_key_as_pyjwt_does():
+    public_pem = RSA_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    with pytest.raises(jwt.InvalidKeyError):
+        encode_hs256(_claims(), public_pem.decode())

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sdqueue.client import BrokerUnavailable
 from sdqueue.config import BrokerSettings
 from sdqueue.contracts import JobEvent, parse_event
-from sdqueue.contracts.topology import EVENTS_EXCHANGE
+from sdqueue.contracts.topology import EVENTS_EXCHANGE, EXCHANGE_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class EventHub:
                     broker.url.get_secret_value(), heartbeat=broker.heartbeat_s
                 )
                 channel = await self._connection.channel()
-                exchange = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+                exchange_type = aio_pika.ExchangeType(EXCHANGE_TYPES[EVENTS_EXCHANGE])
+                exchange = await channel.declare_exchange(EVENTS_EXCHANGE, exchange_type, durable=True)
                 queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
                 await queue.bind(exchange, routing_key=ALL_JOBS)
                 await queue.consume(self._on_message, no_ack=True)

@@ -19,7 +19,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity, DeliveryError, PublishError
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError, PublishError
 from pydantic import ValidationError
 
 from sdqueue.client import storage
@@ -55,6 +55,7 @@ from sdqueue.contracts.topology import (
     AUTHORIZATION_HEADER,
     CONTROL_EXCHANGE,
     EVENTS_EXCHANGE,
+    EXCHANGE_TYPES,
     REQUESTS_EXCHANGE,
     job_events_pattern,
     requests_queue,
@@ -110,6 +111,10 @@ class SdqueueClient:
                     broker.url.get_secret_value(), heartbeat=broker.heartbeat_s
                 )
                 self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+                for name in (REQUESTS_EXCHANGE, CONTROL_EXCHANGE):
+                    # Before any worker has declared it, a publish would make the broker close the channel.
+                    exchange_type = aio_pika.ExchangeType(EXCHANGE_TYPES[name])
+                    await self._channel.declare_exchange(name, exchange_type, durable=True)
                 # A client-chosen name (not a server-named amq.gen-*) can be re-declared after a reconnect, so
                 # reply_to addresses of requests already in flight stay valid across a broker restart.
                 self._replies = await self._channel.declare_queue(
@@ -170,7 +175,8 @@ class SdqueueClient:
             raise RequestRefused("the broker refused the request") from exc
         except DeliveryError as exc:
             raise RequestRefused("the broker refused the request") from exc
-        except (AMQPError, OSError, TimeoutError) as exc:
+        except (AMQPError, ChannelInvalidStateError, OSError, TimeoutError) as exc:
+            # ChannelInvalidStateError: the channel closed under us and is being reopened (a RuntimeError).
             raise BrokerUnavailable("the broker did not confirm the request") from exc
 
     async def cancel(

@@ -257,7 +257,12 @@ class BridgeSettings(_Group):
         default=25, description="Denoising steps of the compatibility routes."
     )
     readiness_timeout_s: PositiveFloat = Field(default=5.0, description="Limit of each `/readyz` probe.")
-    access_log: bool = Field(default=True, description="Log one line per HTTP request (uvicorn's access log).")
+    access_log: bool = Field(
+        default=False,
+        description="Log one line per HTTP request (uvicorn's access log). Off by default: a line costs about an "
+        "eighth of the bridge's CPU per accepted job (docs/benchmarks.md), and `/metrics` counts requests by route "
+        "and status; server errors are logged either way.",
+    )
 
     @field_validator("token_secret")
     @classmethod

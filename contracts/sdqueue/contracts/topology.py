@@ -12,6 +12,14 @@ CONTROL_EXCHANGE = "sdqueue.control"
 REQUESTS_QUEUE_PREFIX = "sdqueue.requests."
 WEBHOOKS_QUEUE = "sdqueue.webhooks"
 OVERFLOW_QUEUE_PREFIX = "sdqueue.overflow."
+# Each exchange's AMQP type. Every party declares what it publishes to or binds (declares are idempotent), so a
+# producer that starts before any worker gets "no route" rather than a channel the broker closes.
+EXCHANGE_TYPES = {
+    REQUESTS_EXCHANGE: "direct",
+    DEAD_EXCHANGE: "fanout",
+    EVENTS_EXCHANGE: "topic",
+    CONTROL_EXCHANGE: "fanout",
+}
 
 AUTHORIZATION_HEADER = "authorization"
 DELIVERY_COUNT_HEADER = "x-delivery-count"

@@ -27,6 +27,7 @@ from sdqueue.contracts.topology import (
     DEAD_QUEUE,
     DELIVERY_COUNT_HEADER,
     EVENTS_EXCHANGE,
+    EXCHANGE_TYPES,
     REQUESTS_EXCHANGE,
     WEBHOOKS_QUEUE,
     overflow_queue,
@@ -79,10 +80,10 @@ async def connect(broker: BrokerSettings) -> AbstractRobustConnection:
 
 async def declare_topology(channel: AbstractChannel, *, aliases: Iterable[str], delivery_limit: int) -> Topology:
     """Declare every exchange and queue of the contract, idempotently, and bind one request queue per alias."""
-    requests = await channel.declare_exchange(REQUESTS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
-    dead = await channel.declare_exchange(DEAD_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-    events = await channel.declare_exchange(EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-    await channel.declare_exchange(CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    requests, dead, events, _ = [
+        await channel.declare_exchange(name, aio_pika.ExchangeType(EXCHANGE_TYPES[name]), durable=True)
+        for name in (REQUESTS_EXCHANGE, DEAD_EXCHANGE, EVENTS_EXCHANGE, CONTROL_EXCHANGE)
+    ]
     dead_queue = await channel.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
     await dead_queue.bind(dead)
     # Declared even when this worker runs no relay, so its webhook tasks wait for a standalone one.
