@@ -144,14 +144,15 @@ def test_hmac_not_allowed_when_only_public_keys_are_configured(auth: AuthSetting
 
 
 @pytest.mark.parametrize(
-    "claims",
+    "overrides",
     [
-        _claims(),
-        _claims(sub="émilie ☃", scope="sdqueue:generate sdqueue:cancel"),
-        _claims(quota={"max_steps": 20, "models": ["default", "fast"], "priority": "high"}),
+        {},
+        {"sub": "émilie ☃", "scope": "sdqueue:generate sdqueue:cancel"},
+        {"quota": {"max_steps": 20, "models": ["default", "fast"], "priority": "high"}},
     ],
 )
-def test_the_clients_hs256_encoder_matches_pyjwt_byte_for_byte(claims: dict[str, Any], auth: AuthSettings):
+def test_the_clients_hs256_encoder_matches_pyjwt_byte_for_byte(overrides: dict[str, Any], auth: AuthSettings):
+    claims = _claims(**overrides)  # built now: `exp` is a minute from the test, not from collection
     token = encode_hs256(claims, SECRET)
 
     assert token == jwt.encode(claims, SECRET, algorithm="HS256")
