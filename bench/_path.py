@@ -1,4 +1,5 @@
-"""The worker's own path in-process: validated request bodies → micro-batching → generation → encoding.
+"""The worker's own path in-process (validated request bodies → micro-batching → generation → encoding), and
+the bare pipeline call it is compared with.
 
 Everything the worker does for a job but the broker and the bucket, on its real code (parse_job, Batcher,
 generation_spec, encode_job), so a host without RabbitMQ or S3 (the GPU machine) can still measure it.
@@ -10,7 +11,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bench._stack import txt2img_request
+from bench._stack import txt2img_request, txt2img_spec
 from sdqueue.config import BatchSettings, LimitSettings
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.generate import ImageGenerator
@@ -46,3 +47,12 @@ async def worker_path_rate(generator: ImageGenerator, *, jobs: int, batch: int, 
         finally:
             runner.cancel()
     return sum(counts) / elapsed
+
+
+def bare_rate(generator: ImageGenerator, *, jobs: int, batch: int, size_px: int, steps: int) -> float:
+    """Images/s of the bare pipeline call for `jobs` images (seeds 0..jobs-1) in batches of `batch`."""
+    started = time.perf_counter()
+    for first in range(0, jobs, batch):
+        seeds = tuple(range(first, min(first + batch, jobs)))
+        generator.generate(txt2img_spec(seeds=seeds, size_px=size_px, steps=steps))
+    return jobs / (time.perf_counter() - started)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import time
 from pathlib import Path
 
+from bench._path import bare_rate
 from bench._stack import bench_stack, queue_rate, txt2img_spec, wait_until_ready
 from sdqueue.config import Settings
 from sdqueue.devstack.stack import start_worker, stop_process
@@ -26,14 +26,8 @@ def raw_rates(settings: Settings) -> tuple[float, float]:
     """(images/s one at a time, images/s in batches of BATCH) for the bare pipeline call."""
     generator = load_generator(settings.model_sources()["default"], runtime=settings.runtime)
     generator.generate(txt2img_spec(seeds=(10_000,), size_px=SIZE_PX, steps=STEPS))
-    started = time.perf_counter()
-    for seed in range(JOBS):
-        generator.generate(txt2img_spec(seeds=(seed,), size_px=SIZE_PX, steps=STEPS))
-    one = JOBS / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for first in range(0, JOBS, BATCH):
-        generator.generate(txt2img_spec(seeds=tuple(range(first, first + BATCH)), size_px=SIZE_PX, steps=STEPS))
-    return one, JOBS / (time.perf_counter() - started)
+    one = bare_rate(generator, jobs=JOBS, batch=1, size_px=SIZE_PX, steps=STEPS)
+    return one, bare_rate(generator, jobs=JOBS, batch=BATCH, size_px=SIZE_PX, steps=STEPS)
 
 
 def main() -> float:

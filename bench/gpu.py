@@ -29,7 +29,7 @@ import torch
 import transformers
 
 from bench._anchors import BOUND_IMAGES_PER_S
-from bench._path import worker_path_rate
+from bench._path import bare_rate, worker_path_rate
 from bench._stack import txt2img_spec
 from sdqueue.config import RuntimeSettings
 from sdqueue.worker.generate import ImageGenerator, build_tiny_model, load_generator
@@ -137,15 +137,6 @@ def sweep(generator: ImageGenerator, name: str, *, args: argparse.Namespace, res
     return best
 
 
-def raw_rate(generator: ImageGenerator, *, jobs: int, batch: int, args: argparse.Namespace) -> float:
-    """Images/s of the bare pipeline call for the same images in batches of `batch` (no parsing, no encoding)."""
-    started = time.perf_counter()
-    for first in range(0, jobs, batch):
-        seeds = tuple(range(first, min(first + batch, jobs)))
-        generator.generate(txt2img_spec(seeds=seeds, size_px=args.size, steps=args.steps))
-    return jobs / (time.perf_counter() - started)
-
-
 def measure_worker_path(generator: ImageGenerator, name: str, *, args: argparse.Namespace, results: Results) -> None:
     """The worker's path against the bare call, alternated over rounds so drift hits both."""
     batch = max(args.batches)
@@ -153,7 +144,7 @@ def measure_worker_path(generator: ImageGenerator, name: str, *, args: argparse.
     asyncio.run(worker_path_rate(generator, jobs=batch, batch=batch, size_px=args.size, steps=args.steps))
     path_rates, raw_rates = [], []
     for _ in range(args.rounds):
-        raw_rates.append(raw_rate(generator, jobs=args.jobs, batch=batch, args=args))
+        raw_rates.append(bare_rate(generator, jobs=args.jobs, batch=batch, size_px=args.size, steps=args.steps))
         rate = worker_path_rate(generator, jobs=args.jobs, batch=batch, size_px=args.size, steps=args.steps)
         path_rates.append(asyncio.run(rate))
     path, raw = statistics.median(path_rates), statistics.median(raw_rates)
@@ -196,8 +187,8 @@ def run_config(name: str, *, source: Path, args: argparse.Namespace, results: Re
 def main(argv: list[str] | None = None) -> None:
     """Sweep the configurations in order; the worker path runs after the eager ones and again if compiled wins."""
     args = parse_args(argv)
-    results = Results(args.out, machine=machine_facts(args.device), parameters=vars(args) | {"out": str(args.out)})
-    results.parameters["model_dir"] = str(args.model_dir)
+    paths = {"out": str(args.out), "model_dir": str(args.model_dir)}
+    results = Results(args.out, machine=machine_facts(args.device), parameters=vars(args) | paths)
     source = model_dir(args)
     best: tuple[float, str, ImageGenerator] | None = None
     for name in args.configs:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench._path import bare_rate
 from bench._stack import bench_stack, txt2img_request, txt2img_spec, wait_until_ready
 from sdqueue.client import SdqueueClient
 from sdqueue.config import Settings
@@ -28,10 +29,7 @@ def raw_images_per_s(settings: Settings) -> float:
     generator.generate(
         txt2img_spec(seeds=(10_000,), size_px=SIZE_PX, steps=STEPS)
     )  # warm-up, as the worker's first job is not measured either
-    started = time.perf_counter()
-    for seed in range(JOBS):
-        generator.generate(txt2img_spec(seeds=(seed,), size_px=SIZE_PX, steps=STEPS))
-    return JOBS / (time.perf_counter() - started)
+    return bare_rate(generator, jobs=JOBS, batch=1, size_px=SIZE_PX, steps=STEPS)
 
 
 async def queue_images_per_s(settings: Settings) -> float:
