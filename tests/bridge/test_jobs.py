@@ -252,8 +252,10 @@ async def test_web_page_is_served(api: httpx.AsyncClient):
 
 async def test_cancel_a_queued_and_a_running_job(api: httpx.AsyncClient, alice: dict[str, str]):
     running = await submit(api, alice, width=256, height=256, steps=150)
-    queued = await submit(api, alice)
     await _wait_until_running(api, alice, running)
+    # Submitted only once the first holds the generation thread: earlier tests' jobs can still count against
+    # alice's fair share, and a first job sent to the overflow lane would let this one run (and finish) first.
+    queued = await submit(api, alice)
 
     cancel_queued = await api.post(f"/v1/jobs/{queued}/cancel", headers=alice)
     cancel_running = await api.post(f"/v1/jobs/{running}/cancel", headers=alice)
