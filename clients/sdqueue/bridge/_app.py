@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse
 from sdqueue.bridge import _compat, _ops, _routes
 from sdqueue.bridge._errors import install_error_handlers
 from sdqueue.bridge._lane import AcceptLane, lane_routes
+from sdqueue.bridge._processes import serve_processes
 from sdqueue.bridge._state import check_settings, make_metrics, open_state
 from sdqueue.config import Settings, child_environment, load_settings
 
@@ -54,8 +55,9 @@ def create_app(settings: Settings) -> FastAPI:
 def run_bridge(settings: Settings) -> int:
     """Serve the bridge with uvicorn on `bridge.host:bridge.port` until interrupted; returns the exit code.
 
-    With `bridge.processes` above 1, uvicorn's supervisor runs that many processes on the one socket; each builds
-    its app from the environment (`app_from_environment`), which this process first sets to rebuild `settings`.
+    With `bridge.processes` above 1, that many processes serve the port, each on a socket of its own
+    (`serve_processes`); each builds its app from the environment (`app_from_environment`), which this process
+    first sets to rebuild `settings`.
 
     Raises:
         BridgeConfigError: a secret the bridge needs is not set.
@@ -79,8 +81,7 @@ def run_bridge(settings: Settings) -> int:
     environment[MULTIPROCESS_ENV] = str(directory)
     os.environ.clear()
     os.environ.update(environment)
-    uvicorn.run(APP_FACTORY, factory=True, workers=bridge.processes, log_level="info", **options)
-    return 0
+    return serve_processes(APP_FACTORY, count=bridge.processes, options={"log_level": "info", **options})
 
 
 def app_from_environment() -> FastAPI:

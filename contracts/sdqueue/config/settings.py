@@ -220,9 +220,10 @@ class BridgeSettings(_Group):
     port: Annotated[int, Field(ge=0, le=65535)] = Field(default=8000, description="Port the bridge listens on.")
     processes: Annotated[int, Field(ge=1, le=64)] = Field(
         default=1,
-        description="Processes serving the bridge on its one port (uvicorn's workers), each with its own broker "
-        "connection and event stream. A burst of accepts is CPU-bound in one process: use about one per core the "
-        "bridge may take. Above 1, `/metrics` sums all processes (Prometheus multiprocess mode).",
+        description="Processes serving the bridge on its one port, each with a listening socket of its own "
+        "(SO_REUSEPORT: the kernel spreads connections evenly), broker connection and event stream. A burst of "
+        "accepts is CPU-bound in one process: use about one per core the bridge may take. Above 1, `/metrics` sums "
+        "all processes (Prometheus multiprocess mode).",
     )
     marker_wait_s: Annotated[float, Field(ge=0)] = Field(
         default=5.0,
