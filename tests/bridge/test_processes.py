@@ -149,19 +149,20 @@ def test_a_taken_port_stops_a_bridge_of_several_processes_at_once(
 
 def _serving_processes(supervisor: int, *, count: int, without: int | None = None) -> list[int]:
     """The supervisor's serving children once there are `count` of them (and none is `without`)."""
-    deadline = time.monotonic() + RESTART_TIMEOUT_S
-    while time.monotonic() < deadline:
-        children = [pid for pid in _children(supervisor) if b"spawn_main" in _cmdline(pid)]
-        if len(children) == count and without not in children:
-            return sorted(children)
-        time.sleep(0.1)
-    raise AssertionError(f"the bridge never had {count} serving processes (without {without})")
+    found: list[int] = []
+
+    def ready() -> bool:
+        found[:] = sorted(pid for pid in _children(supervisor) if b"spawn_main" in _cmdline(pid))
+        return len(found) == count and without not in found
+
+    _wait_for(ready)
+    return found
 
 
 def _wait_for(condition: Callable[[], bool]) -> None:
     deadline = time.monotonic() + RESTART_TIMEOUT_S
     while not condition():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out waiting for {condition.__name__}"
         time.sleep(0.1)
 
 
