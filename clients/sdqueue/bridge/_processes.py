@@ -61,6 +61,8 @@ class _Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: self._stop.set())
         self._processes = [self._start() for _ in range(self._count)]
+        host = f"[{self._config.host}]" if ":" in self._config.host else self._config.host
+        log.info("bridge on http://%s:%d, %d processes (CTRL+C to quit)", host, self._config.port, self._count)
         failed = False
         while not failed and not self._stop.wait(WATCH_INTERVAL_S):
             failed = not self._replace_dead()
