@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from bench._path import bare_rate
-from bench._stack import bench_stack, txt2img_request, txt2img_spec, wait_until_ready
-from sdqueue.client import SdqueueClient
+from bench._stack import bench_stack, queue_rate, txt2img_spec, wait_until_ready
 from sdqueue.config import Settings
 from sdqueue.devstack.stack import start_worker, stop_process
 from sdqueue.worker.generate import load_generator
@@ -32,19 +30,6 @@ def raw_images_per_s(settings: Settings) -> float:
     return bare_rate(generator, jobs=JOBS, batch=1, size_px=SIZE_PX, steps=STEPS)
 
 
-async def queue_images_per_s(settings: Settings) -> float:
-    """Images/s from the first publish to the last succeeded event (each image already in the bucket)."""
-    async with SdqueueClient(settings, subject="bench") as client:
-        await client.generate(txt2img_request(seed=10_000, size_px=SIZE_PX, steps=STEPS), timeout_s=120)  # warm-up
-        requests = [txt2img_request(seed=seed, size_px=SIZE_PX, steps=STEPS) for seed in range(JOBS)]
-        started = time.perf_counter()
-        for request in requests:
-            await client.submit(request)
-        for request in requests:
-            await client.wait(request.job_id, timeout_s=300)
-        return JOBS / (time.perf_counter() - started)
-
-
 def main() -> dict[str, float]:
     """Run the rounds and print each figure and the ratio of medians."""
     with bench_stack(threads=2, prefetch=2) as settings, (Path(settings.state_dir) / "worker.log").open("wb") as log:
@@ -54,7 +39,7 @@ def main() -> dict[str, float]:
             raw, queued = [], []
             for round_index in range(ROUNDS):
                 raw.append(raw_images_per_s(settings))
-                queued.append(asyncio.run(queue_images_per_s(settings)))
+                queued.append(asyncio.run(queue_rate(settings, jobs=JOBS, size_px=SIZE_PX, steps=STEPS)))
                 print(f"  round {round_index + 1}: raw {raw[-1]:.2f} img/s, queue {queued[-1]:.2f} img/s")
         finally:
             stop_process(worker)
