@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -31,6 +32,10 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 
 class SchemaMismatch(Exception):
     """The database's schema is not the one this bridge knows; `sdqueue bridge db upgrade` migrates it."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database refused the connection, did not answer in time, or failed a statement while migrating."""
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -132,11 +137,18 @@ def database_url(settings: Settings) -> str:
 
 
 def upgrade_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Create or migrate the schema to this code's head (sync: call it off any running event loop)."""
+    """Create or migrate the schema to this code's head (sync: call it off any running event loop).
+
+    Raises:
+        DatabaseUnavailable: the database could not be reached or refused a migration statement.
+    """
     path = _sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_upgrade(url, timeout_s=timeout_s))
+    try:
+        asyncio.run(_upgrade(url, timeout_s=timeout_s))
+    except (DBAPIError, OSError) as exc:
+        raise DatabaseUnavailable(f"the bridge database cannot be migrated: {_reason(exc)}") from exc
 
 
 async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Database:
@@ -144,6 +156,7 @@ async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Da
 
     Raises:
         SchemaMismatch: the database is empty or at another revision.
+        DatabaseUnavailable: the database could not be reached.
     """
     path = _sqlite_path(url)
     if path is not None and not path.exists():
@@ -151,8 +164,7 @@ async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Da
         raise SchemaMismatch(f"the bridge database is empty, this bridge knows {head_revision()}: {UPGRADE_HINT}")
     engine = create_engine(url, timeout_s=timeout_s)
     try:
-        async with engine.connect() as connection:
-            current = await connection.run_sync(_current_revision)
+        current = await _read_revision(engine)
         check_revision(current)
     except BaseException:
         await engine.dispose()
@@ -208,6 +220,19 @@ def _sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
+
+
+async def _read_revision(engine: AsyncEngine) -> str | None:
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_current_revision)
+    except (DBAPIError, OSError) as exc:
+        raise DatabaseUnavailable(f"the bridge database cannot be reached: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else 'no detail'}"
 
 
 def _current_revision(connection: Connection) -> str | None:
