@@ -373,3 +373,17 @@ async def test_50_concurrent_sign_ups_from_two_processes_all_persist(database_ur
         assert len({account.user_id for account in signed_in}) == len(expected)
     finally:
         accounts.close()
+
+
+async def test_parallel_guesses_pass_a_lockout_only_as_many_as_there_are_hash_threads(accounts: Accounts):
+    await accounts.add("alice", "alice-password")
+
+    outcomes = await asyncio.gather(
+        *(accounts.sign_in("alice", f"guess-{index}", address=f"10.0.4.{index}") for index in range(12)),
+        return_exceptions=True,
+    )
+
+    wrong = sum(isinstance(outcome, WrongCredentials) for outcome in outcomes)
+    throttled = sum(isinstance(outcome, Throttled) for outcome in outcomes)
+    assert wrong <= THROTTLED.sign_in_free_failures + THROTTLED.hash_threads
+    assert wrong + throttled == 12
