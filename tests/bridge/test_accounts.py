@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
 
 from sdqueue.bridge._accounts import (
     AccountError,
@@ -24,7 +24,15 @@ from sdqueue.bridge._accounts import (
     UserExists,
     WrongCredentials,
 )
-from sdqueue.bridge._db import Base, Database, SchemaMismatch, head_revision, open_database, upgrade_database
+from sdqueue.bridge._db import (
+    Base,
+    Database,
+    SchemaMismatch,
+    SignInFailure,
+    head_revision,
+    open_database,
+    upgrade_database,
+)
 from sdqueue.bridge._jobstore import JobRow, JobStore
 from sdqueue.config import BridgeSettings
 
@@ -168,6 +176,25 @@ async def test_failures_age_out_of_the_window(accounts: Accounts, clock: Clock):
     clock.advance(THROTTLED.sign_in_window_s + 1)
 
     await _fail(accounts, "alice", address="10.0.2.10")
+
+
+async def test_rows_past_their_window_are_pruned(db: Database, clock: Clock):
+    first = Accounts(db, bridge=THROTTLED, clock=clock)
+    try:
+        await first.add("old", "old-password", address="203.0.113.1")
+        await _fail(first, "alice", address="203.0.113.1")
+    finally:
+        first.close()
+    clock.advance(THROTTLED.signup_window_s + 1)
+    second = Accounts(db, bridge=THROTTLED, clock=clock)
+    try:
+        await _fail(second, "bob", address="203.0.113.2")  # a process's first failure prunes
+    finally:
+        second.close()
+
+    async with db.sessions() as session:
+        rows = (await session.execute(select(SignInFailure.scope, SignInFailure.key))).all()
+    assert sorted(tuple(row) for row in rows) == [("address", "203.0.113.2"), ("user", "bob")]
 
 
 async def test_failed_sign_ins_lock_an_address_out_whatever_the_names(accounts: Accounts, clock: Clock):

@@ -1,5 +1,5 @@
-"""`sdqueue bridge db upgrade` and `sdqueue users add/list/remove` manage the database the bridge signs callers in
-with, on SQLite (the default, under the state directory) and on PostgreSQL."""
+"""`sdqueue bridge db upgrade` and `sdqueue users add/list/password/remove` manage the database the bridge signs
+callers in with, on SQLite (the default, under the state directory) and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -54,9 +54,13 @@ async def test_users_add_list_remove(blank_database_url: str, tmp_path: Path):
         carol = await accounts.sign_in("carol", "carol-password", address="127.0.0.1")
         with pytest.raises(WrongCredentials):
             await accounts.sign_in("carol", "wrong", address="127.0.0.2")
+        changed = _sdqueue(settings, "users", "password", "carol", "--password-stdin", stdin="new-password\n")
+        assert changed.returncode == 0, changed.stderr
+        assert await accounts.current(carol.user_id, token_generation=carol.token_generation) is None
+        renewed = await accounts.sign_in("carol", "new-password", address="127.0.0.1")
         removed = _sdqueue(settings, "users", "remove", "carol")
         assert removed.returncode == 0, removed.stderr
-        assert await accounts.current(carol.user_id, token_generation=carol.token_generation) is None
+        assert await accounts.current(carol.user_id, token_generation=renewed.token_generation) is None
     finally:
         accounts.close()
         await db.close()

@@ -6,6 +6,7 @@ SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) serves several 
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,8 +27,7 @@ from sdqueue.config import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 DEFAULT_TIMEOUT_S = 10.0
-# How long SQLite waits for another process's write lock before it reports the database as locked.
-SQLITE_BUSY_TIMEOUT_MS = 5000
+UPGRADE_HINT = "run `sdqueue bridge db upgrade`"
 
 
 class SchemaMismatch(Exception):
@@ -172,9 +172,6 @@ async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Da
     return Database(engine=engine, sessions=async_sessionmaker(engine, expire_on_commit=False))
 
 
-UPGRADE_HINT = "run `sdqueue bridge db upgrade`"
-
-
 def check_revision(current: str | None) -> None:
     """Raises SchemaMismatch unless `current` is this code's head revision."""
     head = head_revision()
@@ -184,6 +181,7 @@ def check_revision(current: str | None) -> None:
         raise SchemaMismatch(f"the bridge database is at revision {current}, this bridge knows {head}: {UPGRADE_HINT}")
 
 
+@functools.cache
 def head_revision() -> str:
     """The newest migration this code ships."""
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
@@ -193,7 +191,8 @@ def head_revision() -> str:
 
 
 def create_engine(url: str, *, timeout_s: float) -> AsyncEngine:
-    """An async engine with per-backend timeouts; SQLite gets WAL, a busy timeout and foreign keys."""
+    """An async engine with per-backend timeouts; SQLite gets WAL and foreign keys, and waits up to `timeout_s`
+    for another process's write lock."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": timeout_s})
@@ -209,7 +208,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()

@@ -147,6 +147,10 @@ def _add_bridge_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     add.set_defaults(handler=_users_add)
+    password = users.add_parser("password", help="change a user's password (asks for it) and retire its tokens")
+    password.add_argument("name")
+    password.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    password.set_defaults(handler=_users_password)
     remove = users.add_parser("remove", help="remove a user (the name stays taken) and retire its tokens")
     remove.add_argument("name")
     remove.set_defaults(handler=_users_remove)
@@ -387,6 +391,16 @@ def _users_add(args: argparse.Namespace) -> int:
         return f"added {args.name}"
 
     return asyncio.run(_with_accounts(add))
+
+
+def _users_password(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else _ask_password()
+
+    async def change(accounts: Accounts) -> str:
+        await accounts.set_password(args.name, password)
+        return f"changed the password of {args.name}"
+
+    return asyncio.run(_with_accounts(change))
 
 
 def _ask_password() -> str:
