@@ -104,8 +104,8 @@ class Accounts:
             if address is not None:
                 await self._check_signups(address)
             if await self._name_taken(name):
-                # Counted too: sign-up cannot probe names unthrottled.
-                await record(self._db.sessions, signup, at=self._clock())
+                if signup:  # counted too: sign-up cannot probe names unthrottled
+                    await record(self._db.sessions, signup, at=self._clock())
                 raise UserExists(f"user {name!r} exists")
             password_hash = await self._hash(password)
             user = User(id=uuid.uuid4().hex, name=name, password_hash=password_hash, created_at=self._clock())

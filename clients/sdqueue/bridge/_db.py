@@ -195,7 +195,7 @@ def create_engine(url: str, *, timeout_s: float) -> AsyncEngine:
     for another process's write lock."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": timeout_s})
+        engine = create_async_engine(url, connect_args={"timeout": timeout_s}, pool_timeout=timeout_s)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
