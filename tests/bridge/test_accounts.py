@@ -4,11 +4,13 @@ generations, history by user id, and the schema check."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -27,6 +29,7 @@ from sdqueue.bridge._accounts import (
 from sdqueue.bridge._db import (
     Base,
     Database,
+    DatabaseUnavailable,
     SchemaMismatch,
     SignInFailure,
     head_revision,
@@ -35,6 +38,7 @@ from sdqueue.bridge._db import (
 )
 from sdqueue.bridge._jobstore import JobRow, JobStore
 from sdqueue.config import BridgeSettings
+from tests.plugins.database import PostgresCluster
 
 START = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 THROTTLED = BridgeSettings(
@@ -329,6 +333,42 @@ async def test_upgrade_is_idempotent(database_url: str):
     await database.close()
 
 
+async def test_a_locked_sqlite_database_is_unavailable(tmp_path: Path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/bridge.db"
+    await asyncio.to_thread(upgrade_database, url)
+    db = await open_database(url, timeout_s=0.2)
+    accounts = Accounts(db, bridge=THROTTLED)
+    await accounts.add("alice", "alice-password")
+    blocker = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(DatabaseUnavailable, match="locked"):
+            await accounts.remove("alice")
+        with pytest.raises(DatabaseUnavailable):
+            await JobStore(db).set_status("j1", "failed")
+    finally:
+        blocker.close()
+        accounts.close()
+        await db.close()
+
+
+async def test_a_lost_postgresql_database_is_unavailable(postgres_cluster: PostgresCluster):
+    url = await postgres_cluster.create_database()
+    await asyncio.to_thread(upgrade_database, url)
+    db = await open_database(url, timeout_s=2.0)
+    accounts = Accounts(db, bridge=THROTTLED)
+    try:
+        alice = await accounts.add("alice", "alice-password")
+        await postgres_cluster.drop_database(url)
+        with pytest.raises(DatabaseUnavailable):
+            await accounts.current(alice.user_id, token_generation=0)
+        with pytest.raises(DatabaseUnavailable):
+            await JobStore(db).recent(alice.user_id, limit=5)
+    finally:
+        accounts.close()
+        await db.close()
+
+
 def _schema_differences(connection: Connection) -> list[object]:
     return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
 
@@ -345,6 +385,7 @@ import asyncio, sys
 from sdqueue.bridge._accounts import Account, Accounts, UserExists
 from sdqueue.bridge._db import open_database
 from sdqueue.config import BridgeSettings
+from tests.plugins.database import PostgresCluster
 
 async def main(url, prefix, count):
     db = await open_database(url)

@@ -51,7 +51,7 @@ class PostgresCluster:
     async def drop_database(self, url: str) -> None:
         """Drop a database `create_database` made, whoever is still connected to it."""
         name = url.rsplit("/", 1)[1]
-        await self._maintenance(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await self._maintenance(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     async def _maintenance(self, statement: str) -> None:
         connection = await asyncpg.connect(self.url("postgres", driver="postgresql"))

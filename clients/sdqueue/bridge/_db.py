@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +20,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, event
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -124,9 +127,43 @@ class Database:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads.
+
+        Raises:
+            DatabaseUnavailable: the database was lost, locked or too slow.
+        """
+        with database_errors():
+            async with self.sessions() as session:
+                yield session
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on leaving.
+
+        Raises:
+            DatabaseUnavailable: the database was lost, locked or too slow.
+        """
+        with database_errors():
+            async with self.sessions.begin() as session:
+                yield session
+
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn a lost, locked or timed-out database into DatabaseUnavailable (integrity, data and SQL errors stay:
+    they are bugs, or the caller's to handle)."""
+    try:
+        yield
+    except (IntegrityError, DataError, ProgrammingError):
+        raise
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        raise DatabaseUnavailable(f"the bridge database cannot be used: {_reason(exc)}") from exc
 
 
 def database_url(settings: Settings) -> str:

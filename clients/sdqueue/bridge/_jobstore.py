@@ -27,19 +27,22 @@ class JobRow:
 
 
 class JobStore:
-    """Jobs in the bridge's database."""
+    """Jobs in the bridge's database.
+
+    Every method raises DatabaseUnavailable (from `sdqueue.bridge._db`) when the database is lost, locked or too slow.
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def add(self, row: JobRow) -> None:
         """Remember an accepted job (its owner must exist)."""
-        async with self._db.sessions.begin() as session:
+        async with self._db.writing() as session:
             session.add(Job(**_fields(row)))
 
     async def get(self, job_id: str, *, owner_id: str) -> JobRow | None:
         """The job if it exists and belongs to `owner_id`, else None (another's job reads as missing)."""
-        async with self._db.sessions() as session:
+        async with self._db.reading() as session:
             job = await session.scalar(select(Job).where(Job.job_id == job_id, Job.owner_id == owner_id))
         return None if job is None else _row(job)
 
@@ -48,17 +51,17 @@ class JobStore:
         statement = (
             select(Job).where(Job.owner_id == owner_id).order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit)
         )
-        async with self._db.sessions() as session:
+        async with self._db.reading() as session:
             return [_row(job) for job in await session.scalars(statement)]
 
     async def set_status(self, job_id: str, status: str) -> None:
         """Record a job's latest known status (no-op for an unknown job)."""
-        async with self._db.sessions.begin() as session:
+        async with self._db.writing() as session:
             await session.execute(update(Job).where(Job.job_id == job_id).values(status=status))
 
     async def delete(self, job_id: str) -> None:
         """Forget a job, e.g. one whose publish failed."""
-        async with self._db.sessions.begin() as session:
+        async with self._db.writing() as session:
             await session.execute(delete(Job).where(Job.job_id == job_id))
 
 

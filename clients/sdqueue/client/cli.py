@@ -438,7 +438,7 @@ async def _with_accounts(action: Callable[[Accounts], Awaitable[str]]) -> int:
     accounts = Accounts(db, bridge=settings.bridge)
     try:
         outcome = await action(accounts)
-    except AccountError as exc:
+    except (AccountError, DatabaseUnavailable) as exc:
         print(f"sdqueue: {exc}", file=sys.stderr)
         return 1
     finally:
