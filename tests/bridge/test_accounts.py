@@ -342,8 +342,9 @@ async def test_a_locked_sqlite_database_is_unavailable(tmp_path: Path):
     blocker = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
     try:
         blocker.execute("BEGIN EXCLUSIVE")
-        with pytest.raises(DatabaseUnavailable, match="locked"):
+        with pytest.raises(DatabaseUnavailable, match=r"^the bridge database is unavailable$") as caught:
             await accounts.remove("alice")
+        assert "locked" in caught.value.detail
         with pytest.raises(DatabaseUnavailable):
             await JobStore(db).set_status("j1", "failed")
     finally:

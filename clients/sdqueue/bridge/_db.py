@@ -38,7 +38,14 @@ class SchemaMismatch(Exception):
 
 
 class DatabaseUnavailable(Exception):
-    """The database refused the connection, did not answer in time, or failed a statement while migrating."""
+    """The database refused the connection, did not answer in time, or failed a statement while migrating.
+
+    The message is safe to show a caller; `detail` (the driver's own words, which may name hosts) is for operators.
+    """
+
+    def __init__(self, message: str, *, cause: BaseException) -> None:
+        super().__init__(message)
+        self.detail = _reason(cause)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -163,7 +170,7 @@ def database_errors() -> Iterator[None]:
     except (IntegrityError, DataError, ProgrammingError):
         raise
     except (DBAPIError, PoolTimeout, OSError) as exc:
-        raise DatabaseUnavailable(f"the bridge database cannot be used: {_reason(exc)}") from exc
+        raise DatabaseUnavailable("the bridge database is unavailable", cause=exc) from exc
 
 
 def database_url(settings: Settings) -> str:
@@ -185,7 +192,7 @@ def upgrade_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     try:
         asyncio.run(_upgrade(url, timeout_s=timeout_s))
     except (DBAPIError, OSError) as exc:
-        raise DatabaseUnavailable(f"the bridge database cannot be migrated: {_reason(exc)}") from exc
+        raise DatabaseUnavailable("the bridge database cannot be migrated", cause=exc) from exc
 
 
 async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Database:
@@ -262,7 +269,7 @@ async def _read_revision(engine: AsyncEngine) -> str | None:
         async with engine.connect() as connection:
             return await connection.run_sync(_current_revision)
     except (DBAPIError, OSError) as exc:
-        raise DatabaseUnavailable(f"the bridge database cannot be reached: {_reason(exc)}") from exc
+        raise DatabaseUnavailable("the bridge database cannot be reached", cause=exc) from exc
 
 
 def _reason(exc: BaseException) -> str:
