@@ -60,7 +60,7 @@ def test_compose_commands_are_cli_commands():
     sdqueue_commands = {
         name: service["command"] for name, service in services.items() if service["image"].startswith("sdqueue-")
     }
-    assert set(sdqueue_commands) == {"worker", "worker-cpu", "bridge", "bucket"}
+    assert set(sdqueue_commands) == {"worker", "worker-cpu", "bridge", "bridge-db", "bucket"}
     for argv in sdqueue_commands.values():
         _assert_cli_accepts(argv)
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]

@@ -34,16 +34,21 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CANCELLED: 409,
     ErrorCode.DELIVERY_LIMIT_EXCEEDED: 500,
 }
-# Statuses the bridge answers that no contract code names: an unknown job or route, a conflict, a timeout.
+# Statuses the bridge answers that no contract code names: an unknown job or route, a conflict, a timeout, a body
+# over its cap, a caller over its rate or its open streams.
 NOT_FOUND = "not_found"
 CONFLICT = "conflict"
 TIMEOUT = "timeout"
 UNAVAILABLE = "unavailable"
 METHOD_NOT_ALLOWED = "method_not_allowed"
+TOO_LARGE = "request_too_large"
+TOO_MANY_REQUESTS = "too_many_requests"
 EXTRA_STATUS: dict[str, int] = {
     NOT_FOUND: 404,
     METHOD_NOT_ALLOWED: 405,
     CONFLICT: 409,
+    TOO_LARGE: 413,
+    TOO_MANY_REQUESTS: 429,
     TIMEOUT: 504,
     UNAVAILABLE: 503,
 }
@@ -154,11 +159,3 @@ def install_error_handlers(app: FastAPI) -> None:
     """Answer every error as `{"error": {"code", "message"}}`."""
     for exc_type, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
-
-
-def error_handler_for(exc: Exception) -> ErrorHandler | None:
-    """The handler the app would pick for `exc` (nearest class first), or None for an unexpected error."""
-    for exc_type in type(exc).__mro__:
-        if exc_type in ERROR_HANDLERS:
-            return ERROR_HANDLERS[exc_type]
-    return None

@@ -1,6 +1,6 @@
 """Configuration for every sdqueue process: one pydantic-settings object, read once from `SDQUEUE_*`."""
 
-from sdqueue.config.s3 import make_s3_client
+from sdqueue.config.s3 import make_s3_client, object_url
 from sdqueue.config.settings import (
     AuthSettings,
     BatchSettings,
@@ -34,6 +34,7 @@ __all__ = [
     "WebhookSettings",
     "child_environment",
     "load_settings",
+    "object_url",
     "make_s3_client",
     "to_environment",
 ]
