@@ -236,6 +236,34 @@ class BridgeSettings(_Group):
     users_file: Path | None = Field(
         default=None, description="JSON user store with password hashes; unset: `<state_dir>/users.json`."
     )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the bridge's database (users, jobs, failed sign-ins), e.g. "
+        "`postgresql+asyncpg://user:password@host/sdqueue` for several bridge processes or hosts; unset: SQLite at "
+        "`<state_dir>/bridge.db`. Create or migrate it with `sdqueue bridge db upgrade`.",
+    )
+    database_timeout_s: PositiveFloat = Field(
+        default=10.0, description="Limit for connecting to the database and for one statement."
+    )
+    hash_threads: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=2, description="Threads hashing and verifying passwords (argon2), off the event loop."
+    )
+    sign_in_free_failures: Annotated[int, Field(ge=0)] = Field(
+        default=5,
+        description="Failed sign-ins per user name, and per client address, within `sign_in_window_s` before "
+        "further attempts are locked out (`429` with `Retry-After`).",
+    )
+    sign_in_window_s: PositiveInt = Field(default=900, description="How long a failed sign-in counts.")
+    sign_in_backoff_s: PositiveFloat = Field(
+        default=1.0, description="Lockout after the first failure past the free ones; it doubles with each further one."
+    )
+    sign_in_max_backoff_s: PositiveFloat = Field(
+        default=300.0, description="Longest lockout, counted from the latest failure."
+    )
+    signups_per_address: PositiveInt = Field(
+        default=5, description="Sign-ups one client address may make within `signup_window_s`."
+    )
+    signup_window_s: PositiveInt = Field(default=3600, description="How long a sign-up counts against its address.")
     allow_signup: bool = Field(default=False, description="Let anyone create a user with `POST /registrar_usuario`.")
     min_password_length: PositiveInt = Field(default=8, description="Shortest password sign-up accepts.")
     max_upload_bytes: PositiveInt = Field(default=8 * 1024 * 1024, description="Largest init image upload.")

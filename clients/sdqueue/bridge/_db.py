@@ -1,0 +1,235 @@
+"""The bridge's state in a database (SQLAlchemy 2, async): users, jobs and failed sign-ins, under Alembic migrations.
+
+SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) serves several bridge processes or hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, event
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from sdqueue.config import Settings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+DEFAULT_TIMEOUT_S = 10.0
+# How long SQLite waits for another process's write lock before it reports the database as locked.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+class SchemaMismatch(Exception):
+    """The database's schema is not the one this bridge knows; `sdqueue bridge db upgrade` migrates it."""
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite keeps no offset, so one is put back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store UTC; a naive value is refused (it would be ambiguous)."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Read back an aware UTC timestamp."""
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Named constraints, so later migrations (batch mode on SQLite) can name what they alter.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """The bridge's tables."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    """A user; never deleted (a removed name stays taken), and its tokens die when the generation moves."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), default=None)
+    token_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class Job(Base):
+    """A job the bridge accepted, owned by a user id (not a name), with its last known status."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_owner_id_created_at", "owner_id", "created_at"),)
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    mode: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(32), default="queued", server_default="queued")
+
+
+class SignInFailure(Base):
+    """One throttled event: a failed sign-in (scope `user` or `address`) or a sign-up (scope `signup`)."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (Index("ix_sign_in_failures_scope_key_at", "scope", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+@dataclass
+class Database:
+    """An engine and its session factory; `close` disposes of the pool."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def database_url(settings: Settings) -> str:
+    """The configured database URL, or SQLite at `<state_dir>/bridge.db`."""
+    if settings.bridge.database_url is not None:
+        return settings.bridge.database_url.get_secret_value()
+    return f"sqlite+aiosqlite:///{settings.state_dir}/bridge.db"
+
+
+def upgrade_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Create or migrate the schema to this code's head (sync: call it off any running event loop)."""
+    path = _sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_upgrade(url, timeout_s=timeout_s))
+
+
+async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Database:
+    """Connect, and check that the schema is at this code's head revision.
+
+    Raises:
+        SchemaMismatch: the database is empty or at another revision.
+    """
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        # Opening would create an empty file; say what to run instead.
+        raise SchemaMismatch(f"the bridge database is empty, this bridge knows {head_revision()}: {UPGRADE_HINT}")
+    engine = create_engine(url, timeout_s=timeout_s)
+    try:
+        async with engine.connect() as connection:
+            current = await connection.run_sync(_current_revision)
+        check_revision(current)
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Database(engine=engine, sessions=async_sessionmaker(engine, expire_on_commit=False))
+
+
+UPGRADE_HINT = "run `sdqueue bridge db upgrade`"
+
+
+def check_revision(current: str | None) -> None:
+    """Raises SchemaMismatch unless `current` is this code's head revision."""
+    head = head_revision()
+    if current is None:
+        raise SchemaMismatch(f"the bridge database is empty, this bridge knows {head}: {UPGRADE_HINT}")
+    if current != head:
+        raise SchemaMismatch(f"the bridge database is at revision {current}, this bridge knows {head}: {UPGRADE_HINT}")
+
+
+def head_revision() -> str:
+    """The newest migration this code ships."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError("the bridge ships no migrations")
+    return head
+
+
+def create_engine(url: str, *, timeout_s: float) -> AsyncEngine:
+    """An async engine with per-backend timeouts; SQLite gets WAL, a busy timeout and foreign keys."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        engine = create_async_engine(url, connect_args={"timeout": timeout_s})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args = {"timeout": timeout_s, "command_timeout": timeout_s}
+    return create_async_engine(url, connect_args=connect_args, pool_timeout=timeout_s, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+async def _upgrade(url: str, *, timeout_s: float) -> None:
+    engine = create_engine(url, timeout_s=timeout_s)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_upgrade_on)
+    finally:
+        await engine.dispose()
+
+
+def _upgrade_on(connection: Connection) -> None:
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
