@@ -32,6 +32,7 @@ PROBE_INTERVAL_S = 0.2
 TARGET_HEALTH_MAX_S = 1.0  # a Kubernetes liveness probe's default timeout
 READY_TIMEOUT_S, REQUEST_TIMEOUT_S = 180.0, 600.0
 SEED_ROUTE = "/generar-imagen-texto"
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"  # a throwaway account of the bench stack
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 Call = Callable[[int], Awaitable[tuple[float, float]]]  # seed -> (seconds to accept, seconds to the PNG)
@@ -53,7 +54,7 @@ def main() -> dict[str, float]:
         settings = _with_bridge(base)
         seed_port = _free_port()
         with (settings.state_dir / "bench.log").open("wb") as log:
-            prepare_bridge(settings, user="bench", password="bench-password", log=log)
+            prepare_bridge(settings, user=BENCH_USER, password=BENCH_PASSWORD, log=log)
             figures = _measure(settings, seed_port=seed_port, log=log)
     _report(figures)
     return figures
@@ -123,7 +124,7 @@ async def _queue_load(url: str) -> Load:
     """The bridge + worker: POST answers 202, `wait` blocks until the job is terminal, then the PNG is fetched."""
     async with _client(url) as http:
         await _until_answering(http, "/readyz")
-        token = (await http.post("/token", data={"username": "bench", "password": "bench-password"})).json()
+        token = (await http.post("/token", data={"username": BENCH_USER, "password": BENCH_PASSWORD})).json()
         headers = {"Authorization": f"Bearer {token['access_token']}"}
         return await _load(functools.partial(_queue_call, http, headers=headers), http=http, health_path="/healthz")
 

@@ -220,4 +220,3 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
             pass
         time.sleep(0.2)
     pytest.fail(f"the bridge never became ready:\n{log_path.read_text(errors='replace')}")
-

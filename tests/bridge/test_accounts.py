@@ -31,6 +31,7 @@ from sdqueue.config import BridgeSettings
 START = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 THROTTLED = BridgeSettings(
     sign_in_free_failures=2,
+    sign_in_free_failures_per_address=2,
     sign_in_window_s=900,
     sign_in_backoff_s=1.0,
     sign_in_max_backoff_s=4.0,

@@ -96,12 +96,11 @@ async def blank_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> 
         yield f"sqlite+aiosqlite:///{tmp_path}/bridge.db"
         return
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    name = f"sdqueue_test_{secrets.token_hex(6)}"
-    await _maintenance(cluster, f'CREATE DATABASE "{name}"')
+    url = await create_database(cluster)
     try:
-        yield cluster.url(name)
+        yield url
     finally:
-        await _maintenance(cluster, f'DROP DATABASE "{name}" WITH (FORCE)')
+        await drop_database(cluster, url)
 
 
 @pytest_asyncio.fixture
@@ -109,6 +108,19 @@ async def database_url(blank_database_url: str) -> str:
     """The URL of a fresh database on each backend, upgraded to this code's schema."""
     await asyncio.to_thread(upgrade_database, blank_database_url)
     return blank_database_url
+
+
+async def create_database(cluster: PostgresCluster) -> str:
+    """A new, empty database in the cluster; its URL (dropped with the cluster, or by `drop_database`)."""
+    name = f"sdqueue_test_{secrets.token_hex(6)}"
+    await _maintenance(cluster, f'CREATE DATABASE "{name}"')
+    return cluster.url(name)
+
+
+async def drop_database(cluster: PostgresCluster, url: str) -> None:
+    """Drop a database `create_database` made, whoever is still connected."""
+    name = url.rpartition("/")[2]
+    await _maintenance(cluster, f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 async def _maintenance(cluster: PostgresCluster, statement: str) -> None:

@@ -210,13 +210,20 @@ class Accounts:
         async with self._db.sessions() as session:
             for scope, key in keys:
                 count, latest = await _failures_since(session, scope, key, since=window_start)
-                remaining_s = self._lockout_s(count) - (self._clock() - latest).total_seconds() if latest else 0.0
+                lockout_s = self._lockout_s(count, free=self._free_failures(scope))
+                remaining_s = lockout_s - (self._clock() - latest).total_seconds() if latest else 0.0
                 if remaining_s > 0:
                     raise Throttled("too many failed sign-ins; try again later", retry_after_s=math.ceil(remaining_s))
 
-    def _lockout_s(self, failures: int) -> float:
+    def _free_failures(self, scope: str) -> int:
+        """Failures a key may have before lockouts start: an address is shared by many people behind a NAT."""
+        if scope == ADDRESS_SCOPE:
+            return self._bridge.sign_in_free_failures_per_address
+        return self._bridge.sign_in_free_failures
+
+    def _lockout_s(self, failures: int, *, free: int) -> float:
         """The lockout after `failures` failures in the window: none while free, then doubling up to the cap."""
-        over = failures - self._bridge.sign_in_free_failures
+        over = failures - free
         if over <= 0:
             return 0.0
         # min() on the exponent first keeps 2 ** over finite for any count.

@@ -31,7 +31,7 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def form_body(model: type[BaseModel], *, files: dict[str, str]) -> dict[str, Any]:
-    """The OpenAPI `requestBody` entry of a multipart route: `model`'s fields plus binary `files` (name: description)."""
+    """The OpenAPI `requestBody` of a multipart route: `model`'s fields plus binary `files` (name: description)."""
     schema = model.model_json_schema()
     properties = {**schema.get("properties", {})}
     for name, description in files.items():
@@ -52,9 +52,9 @@ async def read_json(request: Request, model: type[Body]) -> Body:
         raise BridgeError(ErrorCode.INVALID_REQUEST, describe_problems(exc.errors())) from exc
 
 
-async def read_form(request: Request, model: type[Body], *, files: tuple[str, ...], max_file_bytes: int) -> tuple[
-    Body, dict[str, bytes]
-]:
+async def read_form(
+    request: Request, model: type[Body], *, files: tuple[str, ...], max_file_bytes: int
+) -> tuple[Body, dict[str, bytes]]:
     """A multipart body's fields as `model` and each of `files` as bytes (at most `max_file_bytes` each).
 
     Raises:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -69,10 +70,8 @@ class BodyLimits:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
+        with contextlib.suppress(BodyTooLarge):
             await self._app(scope, receive_capped, send_unless_overflowed)
-        except BodyTooLarge:
-            pass
         if overflowed and not started:
             await _too_large(scope, cap)(scope, receive, send)
 

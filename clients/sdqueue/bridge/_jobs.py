@@ -177,7 +177,7 @@ def status_from(row: JobRow, event: JobEvent | None) -> JobStatus:
     return JobStatus(
         job_id=row.job_id,
         status=status,
-        mode=row.mode,  # type: ignore[arg-type]  # rows hold what the contract's modes allowed
+        mode=row.mode,
         prompt=row.prompt,
         created_at=row.created_at,
         progress=progress,

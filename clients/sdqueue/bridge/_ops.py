@@ -9,9 +9,9 @@ from typing import Annotated
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdqueue.bridge._errors import UNAVAILABLE, ErrorBody, error_response

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -96,9 +96,7 @@ async def img2img_body(request: Request, _: CurrentUser, state: State) -> tuple[
     responses=error_responses(400, 401, 404, 413, 422, 503),
     openapi_extra=json_body(Txt2ImgBody),
 )
-async def txt2img(
-    body: Annotated[Txt2ImgBody, Depends(txt2img_body)], user: CurrentUser, state: State
-) -> JobAccepted:
+async def txt2img(body: Annotated[Txt2ImgBody, Depends(txt2img_body)], user: CurrentUser, state: State) -> JobAccepted:
     """Queue a txt2img job: the generation request's fields without `job_id`, which the bridge assigns."""
     job_id = new_job_id()
     generation = build_request({**body.model_dump(exclude_unset=True), "mode": "txt2img"}, job_id=job_id)
@@ -131,7 +129,7 @@ def accepted(job_id: str) -> JobAccepted:
 
 
 async def submit_with_image(
-    fields: dict[str, object], image: bytes, *, job_id: str, owner: Account, state: BridgeState
+    fields: Mapping[str, object], image: bytes, *, job_id: str, owner: Account, state: BridgeState
 ) -> JobRow:
     """Validate and route a job with an init image, then store the image and submit the job.
 

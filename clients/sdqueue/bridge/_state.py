@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
 
-
 class BridgeConfigError(ClientError):
     """The settings lack what the bridge needs to start."""
 

@@ -320,7 +320,7 @@ class SdqueueClient:
         return 0 if state is None else int(state.consumer_count or 0)
 
     async def _queue_state(self, queue_name: str) -> aiormq.spec.Queue.DeclareOk | None:
-        """Inspect a queue without declaring it (None if it does not exist): a passive declare on a throwaway channel."""
+        """Inspect a queue without declaring it (None if it is absent): a passive declare on a throwaway channel."""
         connection = _require(self._connection)
         channel = await connection.channel()
         try:

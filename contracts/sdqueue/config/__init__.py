@@ -34,7 +34,7 @@ __all__ = [
     "WebhookSettings",
     "child_environment",
     "load_settings",
-    "object_url",
     "make_s3_client",
+    "object_url",
     "to_environment",
 ]

@@ -250,8 +250,13 @@ class BridgeSettings(_Group):
     )
     sign_in_free_failures: Annotated[int, Field(ge=0)] = Field(
         default=5,
-        description="Failed sign-ins per user name, and per client address, within `sign_in_window_s` before "
-        "further attempts are locked out (`429` with `Retry-After`).",
+        description="Failed sign-ins per user name within `sign_in_window_s` before further attempts are locked "
+        "out (`429` with `Retry-After`), the lockout doubling with each failure.",
+    )
+    sign_in_free_failures_per_address: Annotated[int, Field(ge=0)] = Field(
+        default=20,
+        description="Failed sign-ins per client address (any user names) within `sign_in_window_s` before each "
+        "further failure from it locks the address out, as `sign_in_free_failures` does for a name.",
     )
     sign_in_window_s: PositiveInt = Field(default=900, description="How long a failed sign-in counts.")
     sign_in_backoff_s: PositiveFloat = Field(
@@ -268,7 +273,8 @@ class BridgeSettings(_Group):
     min_password_length: PositiveInt = Field(default=8, description="Shortest password sign-up accepts.")
     max_upload_bytes: PositiveInt = Field(default=8 * 1024 * 1024, description="Largest init image upload.")
     max_body_bytes: PositiveInt = Field(
-        default=64 * 1024, description="Largest JSON or form body of a route that takes no image, counted as it streams."
+        default=64 * 1024,
+        description="Largest JSON or form body of a route that takes no image, counted as it streams.",
     )
     max_streams_per_user: PositiveInt = Field(
         default=4, description="Event streams and waits one user may hold open at once, per bridge process."
