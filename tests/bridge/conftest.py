@@ -29,7 +29,7 @@ from sdqueue.client import SdqueueClient
 from sdqueue.config import BridgeSettings, LimitSettings, Settings
 from sdqueue.contracts.topology import REQUESTS_EXCHANGE, request_queue_arguments, requests_queue
 from sdqueue.devstack.stack import stop_process, worker_environment
-from tests.plugins.database import PostgresCluster, create_database
+from tests.plugins.database import PostgresCluster
 
 PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22"}
 BRIDGE_READY_TIMEOUT_S = 30.0
@@ -79,7 +79,7 @@ async def bridge_database_url(request: pytest.FixtureRequest, tmp_path_factory: 
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('bridge-db')}/bridge.db"
     else:
         cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-        url = await create_database(cluster)
+        url = await cluster.create_database()
     await asyncio.to_thread(upgrade_database, url)
     await add_users(url, PASSWORDS)
     return url
@@ -88,7 +88,7 @@ async def bridge_database_url(request: pytest.FixtureRequest, tmp_path_factory: 
 @pytest_asyncio.fixture
 async def postgres_bridge_url(postgres_cluster: PostgresCluster) -> str:
     """A fresh PostgreSQL database for one test, upgraded, with alice and bob."""
-    url = await create_database(postgres_cluster)
+    url = await postgres_cluster.create_database()
     await asyncio.to_thread(upgrade_database, url)
     await add_users(url, PASSWORDS)
     return url

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
 
 from sdqueue.bridge._accounts import (
     AccountError,
@@ -24,7 +24,15 @@ from sdqueue.bridge._accounts import (
     UserExists,
     WrongCredentials,
 )
-from sdqueue.bridge._db import Base, Database, SchemaMismatch, head_revision, open_database, upgrade_database
+from sdqueue.bridge._db import (
+    Base,
+    Database,
+    SchemaMismatch,
+    SignInFailure,
+    head_revision,
+    open_database,
+    upgrade_database,
+)
 from sdqueue.bridge._jobstore import JobRow, JobStore
 from sdqueue.config import BridgeSettings
 
@@ -169,6 +177,25 @@ async def test_failures_age_out_of_the_window(accounts: Accounts, clock: Clock):
     clock.advance(THROTTLED.sign_in_window_s + 1)
 
     await _fail(accounts, "alice", address="10.0.2.10")
+
+
+async def test_rows_past_their_window_are_pruned(db: Database, clock: Clock):
+    first = Accounts(db, bridge=THROTTLED, clock=clock)
+    try:
+        await first.add("old", "old-password", address="203.0.113.1")
+        await _fail(first, "alice", address="203.0.113.1")
+    finally:
+        first.close()
+    clock.advance(THROTTLED.signup_window_s + 1)
+    second = Accounts(db, bridge=THROTTLED, clock=clock)
+    try:
+        await _fail(second, "bob", address="203.0.113.2")  # a process's first failure prunes
+    finally:
+        second.close()
+
+    async with db.sessions() as session:
+        rows = (await session.execute(select(SignInFailure.scope, SignInFailure.key))).all()
+    assert sorted(tuple(row) for row in rows) == [("address", "203.0.113.2"), ("user", "bob")]
 
 
 async def test_failed_sign_ins_lock_an_address_out_whatever_the_names(accounts: Accounts, clock: Clock):
@@ -374,3 +401,17 @@ async def test_50_concurrent_sign_ups_from_two_processes_all_persist(database_ur
         assert len({account.user_id for account in signed_in}) == len(expected)
     finally:
         accounts.close()
+
+
+async def test_parallel_guesses_pass_a_lockout_only_as_many_as_there_are_hash_threads(accounts: Accounts):
+    await accounts.add("alice", "alice-password")
+
+    outcomes = await asyncio.gather(
+        *(accounts.sign_in("alice", f"guess-{index}", address=f"10.0.4.{index}") for index in range(12)),
+        return_exceptions=True,
+    )
+
+    wrong = sum(isinstance(outcome, WrongCredentials) for outcome in outcomes)
+    throttled = sum(isinstance(outcome, Throttled) for outcome in outcomes)
+    assert wrong <= THROTTLED.sign_in_free_failures + THROTTLED.hash_threads
+    assert wrong + throttled == 12

@@ -1,14 +1,17 @@
-"""`sdqueue users add/list/remove` manage the store the bridge signs callers in with."""
+"""`sdqueue bridge db upgrade` and `sdqueue users add/list/password/remove` manage the database the bridge signs
+callers in with, on SQLite (the default, under the state directory) and on PostgreSQL."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-from sdqueue.bridge import UserStore
-from sdqueue.config import Settings
+import pytest
+from pydantic import SecretStr
+
+from sdqueue.bridge import Accounts, WrongCredentials, head_revision, open_database
+from sdqueue.config import BridgeSettings, Settings
 from sdqueue.devstack.stack import worker_environment
 
 
@@ -24,31 +27,79 @@ def _sdqueue(settings: Settings, *args: str, stdin: str = "") -> subprocess.Comp
     )
 
 
-def test_users_add_list_remove(tmp_path: Path):
-    path = tmp_path / "users.json"
-    settings = Settings(state_dir=tmp_path)
+def _settings(tmp_path: Path, url: str) -> Settings:
+    return Settings(state_dir=tmp_path, bridge=BridgeSettings(database_url=SecretStr(url)))
+
+
+async def test_users_add_list_remove(blank_database_url: str, tmp_path: Path):
+    settings = _settings(tmp_path, blank_database_url)
+    before = _sdqueue(settings, "users", "list")
+    upgraded = _sdqueue(settings, "bridge", "db", "upgrade")
 
     added = _sdqueue(settings, "users", "add", "carol", "--password-stdin", stdin="carol-password\n")
     duplicate = _sdqueue(settings, "users", "add", "carol", "--password-stdin", stdin="other\n")
     listed = _sdqueue(settings, "users", "list")
 
+    assert before.returncode == 1
+    assert "sdqueue bridge db upgrade" in before.stderr
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert head_revision() in upgraded.stdout
     assert added.returncode == 0, added.stderr
     assert duplicate.returncode == 1
     assert "exists" in duplicate.stderr
     assert listed.stdout.split() == ["carol"]
-    stored = json.loads(path.read_text())["users"]["carol"]
-    assert stored["hash"].startswith("$argon2")
-    assert "carol-password" not in path.read_text()
-    assert UserStore(path).verify("carol", "carol-password")
-    assert not UserStore(path).verify("carol", "wrong")
-    removed = _sdqueue(settings, "users", "remove", "carol")
-    assert removed.returncode == 0, removed.stderr
+    db = await open_database(blank_database_url)
+    accounts = Accounts(db, bridge=settings.bridge)
+    try:
+        carol = await accounts.sign_in("carol", "carol-password", address="127.0.0.1")
+        with pytest.raises(WrongCredentials):
+            await accounts.sign_in("carol", "wrong", address="127.0.0.2")
+        changed = _sdqueue(settings, "users", "password", "carol", "--password-stdin", stdin="new-password\n")
+        assert changed.returncode == 0, changed.stderr
+        assert await accounts.current(carol.user_id, token_generation=carol.token_generation) is None
+        renewed = await accounts.sign_in("carol", "new-password", address="127.0.0.1")
+        removed = _sdqueue(settings, "users", "remove", "carol")
+        assert removed.returncode == 0, removed.stderr
+        assert await accounts.current(carol.user_id, token_generation=renewed.token_generation) is None
+    finally:
+        accounts.close()
+        await db.close()
     assert _sdqueue(settings, "users", "list").stdout == ""
     assert _sdqueue(settings, "users", "remove", "carol").returncode == 1
+    again = _sdqueue(settings, "users", "add", "carol", "--password-stdin", stdin="carol-password\n")
+    assert again.returncode == 1
+    assert "exists" in again.stderr
+
+
+def test_sqlite_under_the_state_dir_is_the_default(tmp_path: Path):
+    settings = Settings(state_dir=tmp_path / "state")
+
+    upgraded = _sdqueue(settings, "bridge", "db", "upgrade")
+    added = _sdqueue(settings, "users", "add", "dave", "--password-stdin", stdin="dave-password\n")
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert added.returncode == 0, added.stderr
+    assert (tmp_path / "state" / "bridge.db").is_file()
+    assert b"dave-password" not in (tmp_path / "state" / "bridge.db").read_bytes()
+
+
+def test_an_unreachable_database_is_reported(tmp_path: Path):
+    settings = _settings(tmp_path, "postgresql+asyncpg://nobody@127.0.0.1:9/none")
+
+    upgraded = _sdqueue(settings, "bridge", "db", "upgrade")
+    listed = _sdqueue(settings, "users", "list")
+
+    for result in (upgraded, listed):
+        assert result.returncode == 1
+        assert "bridge database" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_user_names_are_restricted(tmp_path: Path):
-    result = _sdqueue(Settings(state_dir=tmp_path), "users", "add", "../evil", "--password-stdin", stdin="pw\n")
+    settings = Settings(state_dir=tmp_path)
+    assert _sdqueue(settings, "bridge", "db", "upgrade").returncode == 0
+
+    result = _sdqueue(settings, "users", "add", "../evil", "--password-stdin", stdin="pw\n")
 
     assert result.returncode == 1
     assert "user name" in result.stderr
@@ -57,7 +108,8 @@ def test_user_names_are_restricted(tmp_path: Path):
 def test_cli_import_stays_free_of_the_bridge_stack():
     code = (
         "import sys, sdqueue.client.cli\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'fastapi', 'starlette', 'uvicorn', 'argon2'}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'fastapi', 'starlette', 'uvicorn', 'argon2', 'sqlalchemy', 'alembic'}))\n"
     )
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)

@@ -1,7 +1,9 @@
 """Fixtures for the bridge's database, on both backends: SQLite in a temporary file, and PostgreSQL 15 in a cluster
 the session starts in a temporary directory (as the `postgres` user when run as root: initdb refuses root).
 
-Each test gets a fresh database. Missing PostgreSQL binaries fail the run under `CI=true` and skip otherwise.
+Each test gets a fresh database; a session-scoped fixture can make its own with
+`postgres_cluster.create_database()` and `upgrade_database`. Missing PostgreSQL binaries fail the run under
+`CI=true` and skip otherwise.
 """
 
 from __future__ import annotations
@@ -39,6 +41,24 @@ class PostgresCluster:
     def url(self, database: str, *, driver: str = "postgresql+asyncpg") -> str:
         """A URL for one of its databases (trust authentication on loopback)."""
         return f"{driver}://{POSTGRES_USER}@127.0.0.1:{self.port}/{database}"
+
+    async def create_database(self) -> str:
+        """Create an empty database with a fresh name and return its URL."""
+        name = f"sdqueue_test_{secrets.token_hex(6)}"
+        await self._maintenance(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    async def drop_database(self, url: str) -> None:
+        """Drop a database `create_database` made, whoever is still connected to it."""
+        name = url.rsplit("/", 1)[1]
+        await self._maintenance(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+    async def _maintenance(self, statement: str) -> None:
+        connection = await asyncpg.connect(self.url("postgres", driver="postgresql"))
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
 
 
 def _as_cluster_user() -> list[str]:
@@ -96,11 +116,11 @@ async def blank_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> 
         yield f"sqlite+aiosqlite:///{tmp_path}/bridge.db"
         return
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
-    url = await create_database(cluster)
+    url = await cluster.create_database()
     try:
         yield url
     finally:
-        await drop_database(cluster, url)
+        await cluster.drop_database(url)
 
 
 @pytest_asyncio.fixture
@@ -108,24 +128,3 @@ async def database_url(blank_database_url: str) -> str:
     """The URL of a fresh database on each backend, upgraded to this code's schema."""
     await asyncio.to_thread(upgrade_database, blank_database_url)
     return blank_database_url
-
-
-async def create_database(cluster: PostgresCluster) -> str:
-    """A new, empty database in the cluster; its URL (dropped with the cluster, or by `drop_database`)."""
-    name = f"sdqueue_test_{secrets.token_hex(6)}"
-    await _maintenance(cluster, f'CREATE DATABASE "{name}"')
-    return cluster.url(name)
-
-
-async def drop_database(cluster: PostgresCluster, url: str) -> None:
-    """Drop a database `create_database` made, whoever is still connected."""
-    name = url.rpartition("/")[2]
-    await _maintenance(cluster, f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-async def _maintenance(cluster: PostgresCluster, statement: str) -> None:
-    connection = await asyncpg.connect(cluster.url("postgres", driver="postgresql"))
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()

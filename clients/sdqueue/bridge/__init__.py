@@ -11,8 +11,17 @@ from sdqueue.bridge._accounts import (
 )
 from sdqueue.bridge._app import create_app, run_bridge
 from sdqueue.bridge._auth import issue_access_token, read_access_token
-from sdqueue.bridge._db import Database, SchemaMismatch, database_url, open_database, upgrade_database
+from sdqueue.bridge._db import (
+    Database,
+    DatabaseUnavailable,
+    SchemaMismatch,
+    database_url,
+    head_revision,
+    open_database,
+    upgrade_database,
+)
 from sdqueue.bridge._errors import HTTP_STATUS, BridgeError
+from sdqueue.bridge._jobstore import JobRow, JobStore
 
 __all__ = [
     "HTTP_STATUS",
@@ -21,6 +30,9 @@ __all__ = [
     "Accounts",
     "BridgeError",
     "Database",
+    "DatabaseUnavailable",
+    "JobRow",
+    "JobStore",
     "SchemaMismatch",
     "Throttled",
     "UnknownUser",
@@ -28,6 +40,7 @@ __all__ = [
     "WrongCredentials",
     "create_app",
     "database_url",
+    "head_revision",
     "issue_access_token",
     "open_database",
     "read_access_token",

@@ -11,23 +11,29 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import Delete, delete, func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from sdqueue.bridge._db import Database, SignInFailure, User
+from sdqueue.bridge._throttle import (
+    ADDRESS_SCOPE,
+    SIGNUP_SCOPE,
+    USER_SCOPE,
+    Key,
+    clear,
+    prune,
+    record,
+    sign_in_wait_s,
+    signup_wait_s,
+)
 from sdqueue.config import BridgeSettings
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@+-]{1,64}$"
 MAX_PASSWORD_BYTES = 1024
-USER_SCOPE = "user"
-ADDRESS_SCOPE = "address"
-SIGNUP_SCOPE = "signup"
-MAX_KEY_CHARS = 255
 
 
 def utc_now() -> datetime:
@@ -77,6 +83,9 @@ class Accounts:
         self._clock = clock
         self._hasher = PasswordHasher()
         self._executor = ThreadPoolExecutor(max_workers=bridge.hash_threads, thread_name_prefix="sdqueue-argon2")
+        # Held from the lockout check to the failure's record, so parallel attempts pass a lockout only as many
+        # as there are hash threads; and no attempt waits for a thread after its check.
+        self._hash_slots = asyncio.Semaphore(bridge.hash_threads)
         self._dummy_hash: str | None = None
         self._pruned_at_s = -math.inf
 
@@ -90,23 +99,17 @@ class Accounts:
         """
         check_username(name)
         check_password(password)
-        if address is not None:
-            await self._check_signups(address)
-        if await self._name_taken(name):
+        signup: list[Key] = [] if address is None else [(SIGNUP_SCOPE, address)]
+        async with self._hash_slots:
             if address is not None:
-                await self._record_signup(address)
-            raise UserExists(f"user {name!r} exists")
-        password_hash = await self._hash(password)
-        user = User(
-            id=uuid.uuid4().hex, name=name, password_hash=password_hash, created_at=self._clock(), token_generation=0
-        )
-        try:
-            async with self._db.sessions.begin() as session:
-                session.add(user)
-                if address is not None:
-                    session.add(SignInFailure(scope=SIGNUP_SCOPE, key=_key(address), at=user.created_at))
-        except IntegrityError as exc:
-            raise UserExists(f"user {name!r} exists") from exc
+                await self._check_signups(address)
+            if await self._name_taken(name):
+                # Counted too: sign-up cannot probe names unthrottled.
+                await record(self._db.sessions, signup, at=self._clock())
+                raise UserExists(f"user {name!r} exists")
+            password_hash = await self._hash(password)
+            user = User(id=uuid.uuid4().hex, name=name, password_hash=password_hash, created_at=self._clock())
+            await self._insert(user, signup=signup)
         return Account(user_id=user.id, name=name, token_generation=0)
 
     async def remove(self, name: str) -> None:
@@ -141,14 +144,17 @@ class Accounts:
             WrongCredentials: no active user has that name, or the password is not its (same work either way).
         """
         is_valid_name = re.fullmatch(USERNAME_PATTERN, name) is not None
-        keys = [(ADDRESS_SCOPE, _key(address))] + ([(USER_SCOPE, name)] if is_valid_name else [])
-        await self._check_lockouts(keys)
+        keys: list[Key] = [(ADDRESS_SCOPE, address)] + ([(USER_SCOPE, name)] if is_valid_name else [])
         user = await self._active_user(name) if is_valid_name else None
-        if not await self._verify(None if user is None else user.password_hash, password) or user is None:
-            await self._record_failures(keys)
-            raise WrongCredentials("wrong user name or password")
-        async with self._db.sessions.begin() as session:
-            await session.execute(_delete_failures(USER_SCOPE, name))
+        async with self._hash_slots:
+            wait_s = await sign_in_wait_s(self._db.sessions, keys, now=self._clock(), bridge=self._bridge)
+            if wait_s > 0:
+                raise Throttled("too many failed sign-ins; try again later", retry_after_s=math.ceil(wait_s))
+            if not await self._verify(None if user is None else user.password_hash, password) or user is None:
+                await record(self._db.sessions, keys, at=self._clock())
+                await self._prune_if_due()
+                raise WrongCredentials("wrong user name or password")
+        await clear(self._db.sessions, (USER_SCOPE, name))
         return Account(user_id=user.id, name=user.name, token_generation=user.token_generation)
 
     async def current(self, user_id: str, *, token_generation: int) -> Account | None:
@@ -162,6 +168,26 @@ class Accounts:
     def close(self) -> None:
         """Stop the hashing threads (waiting for any hash under way)."""
         self._executor.shutdown(wait=True)
+
+    async def _check_signups(self, address: str) -> None:
+        wait_s = await signup_wait_s(self._db.sessions, address, now=self._clock(), bridge=self._bridge)
+        if wait_s > 0:
+            raise Throttled("too many sign-ups from this address; try again later", retry_after_s=math.ceil(wait_s))
+
+    async def _insert(self, user: User, *, signup: list[Key]) -> None:
+        """Store a new user, and its sign-up's row in the same transaction."""
+        try:
+            async with self._db.sessions.begin() as session:
+                session.add(user)
+                session.add_all(SignInFailure(scope=scope, key=key, at=user.created_at) for scope, key in signup)
+        except IntegrityError as exc:  # the same name, added by another process meanwhile
+            raise UserExists(f"user {user.name!r} exists") from exc
+
+    async def _prune_if_due(self) -> None:
+        """Delete rows past their window, at most once per sign-in window per process."""
+        if time.monotonic() - self._pruned_at_s >= self._bridge.sign_in_window_s:
+            self._pruned_at_s = time.monotonic()
+            await prune(self._db.sessions, now=self._clock(), bridge=self._bridge)
 
     async def _hash(self, password: str) -> str:
         loop = asyncio.get_running_loop()
@@ -198,80 +224,12 @@ class Accounts:
             update(User)
             .where(User.name == name, User.removed_at.is_(None))
             .values(token_generation=User.token_generation + 1, **values)
+            .returning(User.id)
         )
         async with self._db.sessions.begin() as session:
-            changed = await session.scalar(statement.returning(User.id))
+            changed = await session.scalar(statement)
         if changed is None:
             raise UnknownUser(f"no user {name!r}")
-
-    async def _check_lockouts(self, keys: list[tuple[str, str]]) -> None:
-        """Raises Throttled if any key is locked out now."""
-        window_start = self._clock() - timedelta(seconds=self._bridge.sign_in_window_s)
-        async with self._db.sessions() as session:
-            for scope, key in keys:
-                count, latest = await _failures_since(session, scope, key, since=window_start)
-                lockout_s = self._lockout_s(count, free=self._free_failures(scope))
-                remaining_s = lockout_s - (self._clock() - latest).total_seconds() if latest else 0.0
-                if remaining_s > 0:
-                    raise Throttled("too many failed sign-ins; try again later", retry_after_s=math.ceil(remaining_s))
-
-    def _free_failures(self, scope: str) -> int:
-        """Failures a key may have before lockouts start: an address is shared by many people behind a NAT."""
-        if scope == ADDRESS_SCOPE:
-            return self._bridge.sign_in_free_failures_per_address
-        return self._bridge.sign_in_free_failures
-
-    def _lockout_s(self, failures: int, *, free: int) -> float:
-        """The lockout after `failures` failures in the window: none while free, then doubling up to the cap."""
-        over = failures - free
-        if over <= 0:
-            return 0.0
-        # min() on the exponent first keeps 2 ** over finite for any count.
-        doubled = self._bridge.sign_in_backoff_s * 2 ** min(over - 1, 64)
-        return float(min(doubled, self._bridge.sign_in_max_backoff_s))
-
-    async def _record_failures(self, keys: list[tuple[str, str]]) -> None:
-        now = self._clock()
-        async with self._db.sessions.begin() as session:
-            session.add_all(SignInFailure(scope=scope, key=key, at=now) for scope, key in keys)
-            await self._prune_if_due(session)
-
-    async def _check_signups(self, address: str) -> None:
-        window = timedelta(seconds=self._bridge.signup_window_s)
-        async with self._db.sessions() as session:
-            statement = select(SignInFailure.at).where(
-                SignInFailure.scope == SIGNUP_SCOPE,
-                SignInFailure.key == _key(address),
-                SignInFailure.at > self._clock() - window,
-            )
-            times = sorted(await session.scalars(statement), reverse=True)
-        if len(times) >= self._bridge.signups_per_address:
-            # The slot that frees first is the oldest of the newest `signups_per_address`.
-            frees_at = times[self._bridge.signups_per_address - 1] + window
-            remaining_s = max((frees_at - self._clock()).total_seconds(), 1.0)
-            raise Throttled(
-                "too many sign-ups from this address; try again later", retry_after_s=math.ceil(remaining_s)
-            )
-
-    async def _record_signup(self, address: str) -> None:
-        """Count a sign-up attempt on a taken name too, so sign-up cannot probe names unthrottled."""
-        async with self._db.sessions.begin() as session:
-            session.add(SignInFailure(scope=SIGNUP_SCOPE, key=_key(address), at=self._clock()))
-
-    async def _prune_if_due(self, session: AsyncSession) -> None:
-        """Delete rows past their window, at most once per sign-in window per process."""
-        if time.monotonic() - self._pruned_at_s < self._bridge.sign_in_window_s:
-            return
-        self._pruned_at_s = time.monotonic()
-        now = self._clock()
-        sign_in_cutoff = now - timedelta(seconds=self._bridge.sign_in_window_s)
-        signup_cutoff = now - timedelta(seconds=self._bridge.signup_window_s)
-        await session.execute(
-            delete(SignInFailure).where(SignInFailure.scope != SIGNUP_SCOPE, SignInFailure.at < sign_in_cutoff)
-        )
-        await session.execute(
-            delete(SignInFailure).where(SignInFailure.scope == SIGNUP_SCOPE, SignInFailure.at < signup_cutoff)
-        )
 
 
 def check_username(name: str) -> None:
@@ -284,21 +242,3 @@ def check_password(password: str) -> None:
     """Raises AccountError unless the password is 1 to 1024 bytes."""
     if not password or len(password.encode()) > MAX_PASSWORD_BYTES:
         raise AccountError(f"the password must be 1 to {MAX_PASSWORD_BYTES} bytes")
-
-
-async def _failures_since(
-    session: AsyncSession, scope: str, key: str, *, since: datetime
-) -> tuple[int, datetime | None]:
-    statement = select(func.count(), func.max(SignInFailure.at)).where(
-        SignInFailure.scope == scope, SignInFailure.key == key, SignInFailure.at > since
-    )
-    count, latest = (await session.execute(statement)).one()
-    return int(count), latest
-
-
-def _delete_failures(scope: str, key: str) -> Delete:
-    return delete(SignInFailure).where(SignInFailure.scope == scope, SignInFailure.key == key)
-
-
-def _key(value: str) -> str:
-    return value[:MAX_KEY_CHARS]

@@ -6,6 +6,7 @@ SQLite (aiosqlite) is the embedded default; PostgreSQL (asyncpg) serves several 
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, event
 from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -25,12 +27,15 @@ from sdqueue.config import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 DEFAULT_TIMEOUT_S = 10.0
-# How long SQLite waits for another process's write lock before it reports the database as locked.
-SQLITE_BUSY_TIMEOUT_MS = 5000
+UPGRADE_HINT = "run `sdqueue bridge db upgrade`"
 
 
 class SchemaMismatch(Exception):
     """The database's schema is not the one this bridge knows; `sdqueue bridge db upgrade` migrates it."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database refused the connection, did not answer in time, or failed a statement while migrating."""
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -132,11 +137,18 @@ def database_url(settings: Settings) -> str:
 
 
 def upgrade_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Create or migrate the schema to this code's head (sync: call it off any running event loop)."""
+    """Create or migrate the schema to this code's head (sync: call it off any running event loop).
+
+    Raises:
+        DatabaseUnavailable: the database could not be reached or refused a migration statement.
+    """
     path = _sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_upgrade(url, timeout_s=timeout_s))
+    try:
+        asyncio.run(_upgrade(url, timeout_s=timeout_s))
+    except (DBAPIError, OSError) as exc:
+        raise DatabaseUnavailable(f"the bridge database cannot be migrated: {_reason(exc)}") from exc
 
 
 async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Database:
@@ -144,6 +156,7 @@ async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Da
 
     Raises:
         SchemaMismatch: the database is empty or at another revision.
+        DatabaseUnavailable: the database could not be reached.
     """
     path = _sqlite_path(url)
     if path is not None and not path.exists():
@@ -151,16 +164,12 @@ async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Da
         raise SchemaMismatch(f"the bridge database is empty, this bridge knows {head_revision()}: {UPGRADE_HINT}")
     engine = create_engine(url, timeout_s=timeout_s)
     try:
-        async with engine.connect() as connection:
-            current = await connection.run_sync(_current_revision)
+        current = await _read_revision(engine)
         check_revision(current)
     except BaseException:
         await engine.dispose()
         raise
     return Database(engine=engine, sessions=async_sessionmaker(engine, expire_on_commit=False))
-
-
-UPGRADE_HINT = "run `sdqueue bridge db upgrade`"
 
 
 def check_revision(current: str | None) -> None:
@@ -172,6 +181,7 @@ def check_revision(current: str | None) -> None:
         raise SchemaMismatch(f"the bridge database is at revision {current}, this bridge knows {head}: {UPGRADE_HINT}")
 
 
+@functools.cache
 def head_revision() -> str:
     """The newest migration this code ships."""
     head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
@@ -181,7 +191,8 @@ def head_revision() -> str:
 
 
 def create_engine(url: str, *, timeout_s: float) -> AsyncEngine:
-    """An async engine with per-backend timeouts; SQLite gets WAL, a busy timeout and foreign keys."""
+    """An async engine with per-backend timeouts; SQLite gets WAL and foreign keys, and waits up to `timeout_s`
+    for another process's write lock."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
         engine = create_async_engine(url, connect_args={"timeout": timeout_s})
@@ -197,7 +208,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
@@ -208,6 +218,19 @@ def _sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
+
+
+async def _read_revision(engine: AsyncEngine) -> str | None:
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_current_revision)
+    except (DBAPIError, OSError) as exc:
+        raise DatabaseUnavailable(f"the bridge database cannot be reached: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else 'no detail'}"
 
 
 def _current_revision(connection: Connection) -> str | None:

@@ -8,8 +8,9 @@ import base64
 import getpass
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdqueue.client.client import SdqueueClient
 from sdqueue.client.errors import ClientError
@@ -26,6 +27,9 @@ from sdqueue.contracts import (
     SucceededEvent,
     WorkerHeartbeat,
 )
+
+if TYPE_CHECKING:
+    from sdqueue.bridge import Accounts
 
 log = logging.getLogger("sdqueue")
 
@@ -132,17 +136,25 @@ def _add_service_commands(commands: argparse._SubParsersAction[argparse.Argument
 
 
 def _add_bridge_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    bridge = commands.add_parser("bridge", help="run the HTTP bridge (FastAPI on uvicorn)")
+    bridge = commands.add_parser("bridge", help="run the HTTP bridge (FastAPI on uvicorn); `bridge db upgrade`")
     bridge.set_defaults(handler=_bridge)
+    database = bridge.add_subparsers(metavar="ACTION").add_parser("db", help="the bridge's database")
+    database.add_subparsers(required=True, metavar="ACTION").add_parser(
+        "upgrade", help="create the bridge's database or migrate it to this version's schema"
+    ).set_defaults(handler=_bridge_db_upgrade)
     users = commands.add_parser("users", help="the bridge's users").add_subparsers(required=True, metavar="ACTION")
     add = users.add_parser("add", help="create a user (asks for the password)")
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     add.set_defaults(handler=_users_add)
-    remove = users.add_parser("remove", help="delete a user")
+    password = users.add_parser("password", help="change a user's password (asks for it) and retire its tokens")
+    password.add_argument("name")
+    password.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    password.set_defaults(handler=_users_password)
+    remove = users.add_parser("remove", help="remove a user (the name stays taken) and retire its tokens")
     remove.add_argument("name")
     remove.set_defaults(handler=_users_remove)
-    users.add_parser("list", help="list the user names").set_defaults(handler=_users_list)
+    users.add_parser("list", help="list the active user names").set_defaults(handler=_users_list)
 
 
 def _add_webhook_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -358,17 +370,37 @@ def _bridge(_: argparse.Namespace) -> int:
     return run_bridge(load_settings())
 
 
-def _users_add(args: argparse.Namespace) -> int:
-    from sdqueue.bridge import UserStore, UserStoreError
+def _bridge_db_upgrade(_: argparse.Namespace) -> int:
+    from sdqueue.bridge import DatabaseUnavailable, database_url, head_revision, upgrade_database
 
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else _ask_password()
+    settings = load_settings()
     try:
-        UserStore(load_settings().users_file).add(args.name, password)
-    except UserStoreError as exc:
+        upgrade_database(database_url(settings), timeout_s=settings.bridge.database_timeout_s)
+    except DatabaseUnavailable as exc:
         print(f"sdqueue: {exc}", file=sys.stderr)
         return 1
-    print(f"added {args.name}")
+    print(f"the bridge database is at revision {head_revision()}")
     return 0
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else _ask_password()
+
+    async def add(accounts: Accounts) -> str:
+        await accounts.add(args.name, password)
+        return f"added {args.name}"
+
+    return asyncio.run(_with_accounts(add))
+
+
+def _users_password(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else _ask_password()
+
+    async def change(accounts: Accounts) -> str:
+        await accounts.set_password(args.name, password)
+        return f"changed the password of {args.name}"
+
+    return asyncio.run(_with_accounts(change))
 
 
 def _ask_password() -> str:
@@ -379,20 +411,39 @@ def _ask_password() -> str:
 
 
 def _users_remove(args: argparse.Namespace) -> int:
-    from sdqueue.bridge import UserStore, UserStoreError
+    async def remove(accounts: Accounts) -> str:
+        await accounts.remove(args.name)
+        return f"removed {args.name}"
 
-    try:
-        UserStore(load_settings().users_file).remove(args.name)
-    except UserStoreError as exc:
-        print(f"sdqueue: {exc}", file=sys.stderr)
-        return 1
-    print(f"removed {args.name}")
-    return 0
+    return asyncio.run(_with_accounts(remove))
 
 
 def _users_list(_: argparse.Namespace) -> int:
-    from sdqueue.bridge import UserStore
+    async def names(accounts: Accounts) -> str:
+        return "\n".join(await accounts.names())
 
-    for name in UserStore(load_settings().users_file).names():
-        print(name)
+    return asyncio.run(_with_accounts(names))
+
+
+async def _with_accounts(action: Callable[[Accounts], Awaitable[str]]) -> int:
+    """Open the bridge's database, run one account action, print its outcome; 1 with the reason on refusal."""
+    from sdqueue.bridge import AccountError, Accounts, DatabaseUnavailable, SchemaMismatch, database_url, open_database
+
+    settings = load_settings()
+    try:
+        db = await open_database(database_url(settings), timeout_s=settings.bridge.database_timeout_s)
+    except (SchemaMismatch, DatabaseUnavailable) as exc:
+        print(f"sdqueue: {exc}", file=sys.stderr)
+        return 1
+    accounts = Accounts(db, bridge=settings.bridge)
+    try:
+        outcome = await action(accounts)
+    except AccountError as exc:
+        print(f"sdqueue: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        accounts.close()
+        await db.close()
+    if outcome:
+        print(outcome)
     return 0
