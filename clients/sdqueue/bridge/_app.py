@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from sdqueue.bridge import _compat, _ops, _routes
 from sdqueue.bridge._errors import install_error_handlers
 from sdqueue.bridge._guard import BodyLimits, SecurityHeaders
-from sdqueue.bridge._state import check_settings, make_metrics, open_state
+from sdqueue.bridge._state import check_database, check_settings, make_metrics, open_state
 from sdqueue.config import Settings, load_settings
 
 DESCRIPTION = """\
@@ -60,11 +61,12 @@ def run_bridge(settings: Settings) -> int:
     (`app_from_environment`), as `sdqueue bridge` does.
 
     Raises:
-        BridgeConfigError: a secret the bridge needs is not set.
+        BridgeConfigError: a secret the bridge needs is not set, or the database is not at this code's schema.
     """
     import uvicorn
 
     check_settings(settings)
+    asyncio.run(check_database(settings))
     bridge = settings.bridge
     config = {
         "host": bridge.host,

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdqueue.client import ClientError, StorageUnavailable, UnroutableRequest
@@ -125,6 +126,11 @@ async def _on_client_error(request: Request, exc: Exception) -> JSONResponse:
     return await _on_bridge_error(request, from_client_error(exc))
 
 
+async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s: the database failed: %s", request.method, request.url.path, exc)
+    return error_response(UNAVAILABLE, "the bridge's database is unavailable; try again later")
+
+
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)  # noqa: S101  # registered for RequestValidationError only
     return error_response(ErrorCode.INVALID_REQUEST, describe_problems(exc.errors()))
@@ -150,6 +156,7 @@ ErrorHandler = Callable[[Request, Exception], Awaitable[JSONResponse]]
 ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     BridgeError: _on_bridge_error,
     ClientError: _on_client_error,
+    DBAPIError: _on_database_error,
     RequestValidationError: _on_validation_error,
     StarletteHTTPException: _on_http_error,
 }

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from sdqueue.bridge._accounts import Accounts
-from sdqueue.bridge._db import Database, SchemaMismatch, database_url, open_database
+from sdqueue.bridge._db import Database, DatabaseUnavailable, SchemaMismatch, database_url, open_database
 from sdqueue.bridge._hub import HUB_QUEUE_PREFIX, EventHub
 from sdqueue.bridge._jobstore import JobStore
 from sdqueue.bridge._streams import StreamSlots
@@ -135,12 +135,23 @@ async def open_checked_database(settings: Settings) -> Database:
     """The bridge's database, at the schema this code knows.
 
     Raises:
-        BridgeConfigError: the schema is another (or none): the message says to run `sdqueue bridge db upgrade`.
+        BridgeConfigError: the schema is another (or none): the message says to run `sdqueue bridge db upgrade`;
+            or the database cannot be reached.
     """
     try:
-        return await open_database(database_url(settings))
-    except SchemaMismatch as exc:
+        return await open_database(database_url(settings), timeout_s=settings.bridge.database_timeout_s)
+    except (SchemaMismatch, DatabaseUnavailable) as exc:
         raise BridgeConfigError(str(exc)) from exc
+
+
+async def check_database(settings: Settings) -> None:
+    """Open and close the database once, so a bridge on the wrong schema stops before it serves.
+
+    Raises:
+        BridgeConfigError: as `open_checked_database`.
+    """
+    database = await open_checked_database(settings)
+    await database.close()
 
 
 def state_of(request: Request) -> BridgeState:
