@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from sdqueue.client import SdqueueClient, new_job_id
 from sdqueue.config import BatchSettings, BrokerSettings, RuntimeSettings, Settings
 from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
 from sdqueue.devstack import create_vhost, delete_vhost, ensure_rabbitmq
-from sdqueue.devstack.stack import start_storage, with_fresh_secrets
+from sdqueue.devstack.stack import start_storage, with_fresh_secrets, worker_environment
 from sdqueue.worker.generate import GenerationSpec, ensure_tiny_model
 
 PROMPT = "a lighthouse at dusk"
@@ -28,6 +31,25 @@ async def _until_ready(settings: Settings) -> None:
 def wait_until_ready(settings: Settings) -> None:
     """Block until a worker consumes the default queue, so its start-up does not share the CPU with a round."""
     asyncio.run(_until_ready(settings))
+
+
+def sdqueue_cli(arguments: list[str], *, environment: dict[str, str], log: IO[bytes], stdin: str = "") -> None:
+    """Run one `sdqueue` command as an operator would (output to `log`); a failure stops the benchmark."""
+    subprocess.run(
+        [sys.executable, "-m", "sdqueue", *arguments],
+        env=environment,
+        input=f"{stdin}\n".encode(),
+        stdout=log,
+        stderr=log,
+        check=True,
+    )
+
+
+def prepare_bridge(settings: Settings, *, user: str, password: str, log: IO[bytes]) -> None:
+    """Bring the bridge's database to this code's schema and add one user, through the CLI."""
+    environment = worker_environment(settings)
+    sdqueue_cli(["bridge", "db", "upgrade"], environment=environment, log=log)
+    sdqueue_cli(["users", "add", user, "--password-stdin"], environment=environment, log=log, stdin=password)
 
 
 @contextlib.contextmanager

@@ -21,10 +21,9 @@ from typing import IO
 
 import httpx
 
-from bench._stack import PROMPT, bench_stack, wait_until_ready
+from bench._stack import PROMPT, bench_stack, prepare_bridge, wait_until_ready
 from bench.bridge_load import _with_bridge
 from bench.raw_vs_queue import SIZE_PX, STEPS, raw_images_per_s
-from sdqueue.bridge import UserStore
 from sdqueue.config import Settings
 from sdqueue.devstack.stack import start_worker, stop_process, worker_environment
 
@@ -33,6 +32,7 @@ PROBE_INTERVAL_S = 0.2
 TARGET_HEALTH_MAX_S = 1.0  # a Kubernetes liveness probe's default timeout
 READY_TIMEOUT_S, REQUEST_TIMEOUT_S = 180.0, 600.0
 SEED_ROUTE = "/generar-imagen-texto"
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"  # a throwaway account of the bench stack
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 Call = Callable[[int], Awaitable[tuple[float, float]]]  # seed -> (seconds to accept, seconds to the PNG)
@@ -52,22 +52,28 @@ def main() -> dict[str, float]:
     """Alternate bare loop, seed-style and bridge + worker for ROUNDS rounds; print and return the figures."""
     with bench_stack(threads=2, prefetch=2) as base:
         settings = _with_bridge(base)
-        UserStore(settings.users_file).add("bench", "bench-password")
         seed_port = _free_port()
-        with (settings.state_dir / "bench.log").open("wb") as log, _servers(settings, seed_port=seed_port, log=log):
-            wait_until_ready(settings)
-            bare, seed, queue = [], [], []
-            for round_index in range(ROUNDS):
-                bare.append(raw_images_per_s(settings))
-                seed.append(asyncio.run(_seed_load(f"http://127.0.0.1:{seed_port}")))
-                queue.append(asyncio.run(_queue_load(f"http://127.0.0.1:{settings.bridge.port}")))
-                print(
-                    f"  round {round_index + 1}: bare {bare[-1]:.2f} img/s, seed-style {seed[-1].images_per_s:.2f}"
-                    f" img/s, bridge + worker {queue[-1].images_per_s:.2f} img/s"
-                )
-    figures = _figures(statistics.median(bare), _pooled(seed), _pooled(queue))
+        with (settings.state_dir / "bench.log").open("wb") as log:
+            prepare_bridge(settings, user=BENCH_USER, password=BENCH_PASSWORD, log=log)
+            figures = _measure(settings, seed_port=seed_port, log=log)
     _report(figures)
     return figures
+
+
+def _measure(settings: Settings, *, seed_port: int, log: IO[bytes]) -> dict[str, float]:
+    """Alternate the three designs for ROUNDS rounds, with every server up; the pooled figures."""
+    with _servers(settings, seed_port=seed_port, log=log):
+        wait_until_ready(settings)
+        bare, seed, queue = [], [], []
+        for round_index in range(ROUNDS):
+            bare.append(raw_images_per_s(settings))
+            seed.append(asyncio.run(_seed_load(f"http://127.0.0.1:{seed_port}")))
+            queue.append(asyncio.run(_queue_load(f"http://127.0.0.1:{settings.bridge.port}")))
+            print(
+                f"  round {round_index + 1}: bare {bare[-1]:.2f} img/s, seed-style {seed[-1].images_per_s:.2f}"
+                f" img/s, bridge + worker {queue[-1].images_per_s:.2f} img/s"
+            )
+    return _figures(statistics.median(bare), _pooled(seed), _pooled(queue))
 
 
 @contextlib.contextmanager
@@ -118,7 +124,7 @@ async def _queue_load(url: str) -> Load:
     """The bridge + worker: POST answers 202, `wait` blocks until the job is terminal, then the PNG is fetched."""
     async with _client(url) as http:
         await _until_answering(http, "/readyz")
-        token = (await http.post("/token", data={"username": "bench", "password": "bench-password"})).json()
+        token = (await http.post("/token", data={"username": BENCH_USER, "password": BENCH_PASSWORD})).json()
         headers = {"Authorization": f"Bearer {token['access_token']}"}
         return await _load(functools.partial(_queue_call, http, headers=headers), http=http, health_path="/healthz")
 

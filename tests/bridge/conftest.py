@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import secrets
 import socket
@@ -13,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aio_pika
 import httpx
 import pytest
 import pytest_asyncio
@@ -20,10 +22,14 @@ from fastapi import FastAPI
 from PIL import Image
 from pydantic import SecretStr
 
-from sdqueue.bridge import UserStore, create_app
+from sdqueue.bridge import create_app
+from sdqueue.bridge._accounts import Accounts
+from sdqueue.bridge._db import open_database, upgrade_database
 from sdqueue.client import SdqueueClient
 from sdqueue.config import BridgeSettings, LimitSettings, Settings
+from sdqueue.contracts.topology import REQUESTS_EXCHANGE, request_queue_arguments, requests_queue
 from sdqueue.devstack.stack import stop_process, worker_environment
+from tests.plugins.database import PostgresCluster
 
 PASSWORDS = {"alice": "alice-password-1", "bob": "bob-password-22"}
 BRIDGE_READY_TIMEOUT_S = 30.0
@@ -31,15 +37,16 @@ BRIDGE_READY_TIMEOUT_S = 30.0
 # that schemathesis explores allows only quick ones.
 BRIDGE_LIMITS = LimitSettings(max_pixels=256 * 256, max_steps=150, max_images=2)
 LIVE_LIMITS = LimitSettings(max_pixels=128 * 128, max_steps=60, max_images=2)
+PARKED_MODEL = "parked"
 
 
-def make_bridge_settings(stack_settings: Settings, *, users_file: Path, allow_signup: bool = False) -> Settings:
+def make_bridge_settings(stack_settings: Settings, *, database_url: str, allow_signup: bool = False) -> Settings:
     """The stack's settings plus a bridge group for tests: tiny compat images, small uploads, short waits."""
     bridge = BridgeSettings(
         host="127.0.0.1",
         port=free_port(),
         token_secret=SecretStr(secrets.token_urlsafe(40)),
-        users_file=users_file,
+        database_url=SecretStr(database_url),
         allow_signup=allow_signup,
         max_upload_bytes=256 * 1024,
         max_wait_s=60.0,
@@ -65,20 +72,60 @@ def png_bytes(size: int = 64, color: tuple[int, int, int] = (200, 40, 40)) -> by
     return buffer.getvalue()
 
 
-@pytest.fixture(scope="session")
-def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's user store, with alice and bob."""
-    path = tmp_path_factory.mktemp("bridge") / "users.json"
-    store = UserStore(path)
-    for name, password in PASSWORDS.items():
-        store.add(name, password)
-    return path
+@pytest_asyncio.fixture(scope="session", params=["sqlite", "postgresql"])
+async def bridge_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The session bridge's database, on each backend in turn, upgraded, with alice and bob."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('bridge-db')}/bridge.db"
+    else:
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        url = await cluster.create_database()
+    await asyncio.to_thread(upgrade_database, url)
+    await add_users(url, PASSWORDS)
+    return url
+
+
+@pytest_asyncio.fixture
+async def postgres_bridge_url(postgres_cluster: PostgresCluster) -> str:
+    """A fresh PostgreSQL database for one test, upgraded, with alice and bob."""
+    url = await postgres_cluster.create_database()
+    await asyncio.to_thread(upgrade_database, url)
+    await add_users(url, PASSWORDS)
+    return url
+
+
+async def add_users(url: str, passwords: dict[str, str]) -> None:
+    """Create users in a bridge database."""
+    database = await open_database(url)
+    accounts = Accounts(database, bridge=BridgeSettings())
+    try:
+        for name, password in passwords.items():
+            await accounts.add(name, password)
+    finally:
+        accounts.close()
+        await database.close()
 
 
 @pytest.fixture(scope="session")
-def bridge_settings(stack_settings: Settings, users_file: Path) -> Settings:
-    """Settings of the session's bridge."""
-    return make_bridge_settings(stack_settings, users_file=users_file)
+def bridge_settings(stack_settings: Settings, bridge_database_url: str) -> Settings:
+    """Settings of the session's bridge; one test address signs in for every test, so it may fail more often."""
+    settings = make_bridge_settings(stack_settings, database_url=bridge_database_url)
+    bridge = settings.bridge.model_copy(update={"sign_in_free_failures_per_address": 10_000})
+    return settings.model_copy(update={"bridge": bridge})
+
+
+@pytest_asyncio.fixture(scope="session")
+async def parked_model(stack_settings: Settings, client: SdqueueClient) -> AsyncIterator[str]:
+    """A model alias whose queue exists but no worker consumes: its jobs stay queued."""
+    connection = await aio_pika.connect(stack_settings.broker.url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(
+            requests_queue(PARKED_MODEL), durable=True, arguments=request_queue_arguments()
+        )
+        await queue.bind(REQUESTS_EXCHANGE, routing_key=PARKED_MODEL)
+        yield PARKED_MODEL
+        await queue.delete(if_unused=False, if_empty=False)
 
 
 @asynccontextmanager
@@ -98,9 +145,10 @@ async def api(bridge_settings: Settings, client: SdqueueClient) -> AsyncIterator
         yield http
 
 
-async def sign_in(http: httpx.AsyncClient, username: str) -> dict[str, str]:
+async def sign_in(http: httpx.AsyncClient, username: str, *, password: str | None = None) -> dict[str, str]:
     """Authorization headers for a test user, from `POST /token`."""
-    response = await http.post("/token", data={"username": username, "password": PASSWORDS[username]})
+    password = PASSWORDS[username] if password is None else password
+    response = await http.post("/token", data={"username": username, "password": password})
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
 
@@ -124,7 +172,12 @@ class LiveBridge:
     url: str
     settings: Settings
     log_path: Path
-    pid: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        """The bridge's process id."""
+        return self.process.pid
 
 
 @pytest.fixture(scope="session")
@@ -150,7 +203,7 @@ def bridge_process(settings: Settings, *, log_path: Path) -> Iterator[LiveBridge
         )
         try:
             _wait_ready(url, process, log_path)
-            yield LiveBridge(url=url, settings=settings, log_path=log_path, pid=process.pid)
+            yield LiveBridge(url=url, settings=settings, log_path=log_path, process=process)
         finally:
             stop_process(process, timeout_s=15.0)
 

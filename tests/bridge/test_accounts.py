@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from fastapi import FastAPI
 from sqlalchemy import Connection, select, text
 
 from sdqueue.bridge._accounts import (
@@ -36,6 +38,7 @@ from sdqueue.bridge._db import (
     open_database,
     upgrade_database,
 )
+from sdqueue.bridge._errors import install_error_handlers
 from sdqueue.bridge._jobstore import JobRow, JobStore
 from sdqueue.config import BridgeSettings
 from tests.plugins.database import PostgresCluster
@@ -43,6 +46,7 @@ from tests.plugins.database import PostgresCluster
 START = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 THROTTLED = BridgeSettings(
     sign_in_free_failures=2,
+    sign_in_free_failures_per_address=2,
     sign_in_window_s=900,
     sign_in_backoff_s=1.0,
     sign_in_max_backoff_s=4.0,
@@ -351,6 +355,32 @@ async def test_a_locked_sqlite_database_is_unavailable(tmp_path: Path):
         blocker.close()
         accounts.close()
         await db.close()
+
+
+async def test_an_unavailable_database_answers_503(tmp_path: Path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/bridge.db"
+    await asyncio.to_thread(upgrade_database, url)
+    db = await open_database(url, timeout_s=0.2)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/status")
+    async def set_status() -> dict[str, str]:
+        await JobStore(db).set_status("j1", "failed")
+        return {}
+
+    blocker = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as http:
+            response = await http.post("/status")
+    finally:
+        blocker.close()
+        await db.close()
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    assert "locked" not in response.text
 
 
 async def test_a_lost_postgresql_database_is_unavailable(postgres_cluster: PostgresCluster):

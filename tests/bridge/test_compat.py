@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 
 from sdqueue.client import SdqueueClient
@@ -83,8 +81,8 @@ async def test_signup_is_off_by_default(api: httpx.AsyncClient):
     assert_error(response, 403, "forbidden")
 
 
-async def test_signup_when_enabled(stack_settings: Settings, client: SdqueueClient, tmp_path: Path):
-    settings = make_bridge_settings(stack_settings, users_file=tmp_path / "users.json", allow_signup=True)
+async def test_signup_when_enabled(stack_settings: Settings, client: SdqueueClient, database_url: str):
+    settings = make_bridge_settings(stack_settings, database_url=database_url, allow_signup=True)
     body = {"correo": "ana@example.com", "contraseña": "correct horse battery"}
     async with running_app(settings) as http:
         created = await http.post("/registrar_usuario", json=body)

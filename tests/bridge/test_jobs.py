@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from sdqueue.bridge import issue_access_token
+from sdqueue.bridge import issue_access_token, read_access_token
+from sdqueue.bridge._accounts import Account
 from sdqueue.config import Settings
 from tests.bridge.conftest import png_bytes
 
@@ -67,7 +68,6 @@ async def test_routes_need_a_token(api: httpx.AsyncClient, alice: dict[str, str]
     assert_error(await api.get("/v1/jobs"), 401, "unauthenticated")
     bad = await api.get("/v1/jobs", headers={"Authorization": "Bearer not.a.token"})
     assert_error(bad, 401, "invalid_token")
-    # txt2img reads the header itself (the hot path has no dependencies): the same answers as every other route.
     token = alice["Authorization"].removeprefix("Bearer ")
     for header, code in [
         (f"Basic {token}", "unauthenticated"),
@@ -83,8 +83,12 @@ async def test_routes_need_a_token(api: httpx.AsyncClient, alice: dict[str, str]
     assert lower_case.status_code == 202, lower_case.text
 
 
-async def test_expired_bridge_token_is_refused(api: httpx.AsyncClient, bridge_settings: Settings):
-    old = issue_access_token("alice", bridge=bridge_settings.bridge, now=time.time() - 2 * 86400)
+async def test_expired_bridge_token_is_refused(
+    api: httpx.AsyncClient, alice: dict[str, str], bridge_settings: Settings
+):
+    claims = read_access_token(alice["Authorization"].removeprefix("Bearer "), bridge=bridge_settings.bridge)
+    account = Account(user_id=claims.user_id, name="alice", token_generation=claims.token_generation)
+    old = issue_access_token(account, bridge=bridge_settings.bridge, now=time.time() - 2 * 86400)
 
     response = await api.get("/v1/jobs", headers={"Authorization": f"Bearer {old}"})
 
@@ -104,7 +108,7 @@ async def test_txt2img_status_wait_redirect_and_history(api: httpx.AsyncClient, 
     assert image["seed"] == 7
     redirect = await api.get(f"/v1/jobs/{job_id}/images/0", headers=alice)
     assert redirect.status_code == 307
-    assert redirect.headers["location"] == image["url"]
+    assert redirect.headers["location"].split("?")[0] == image["url"].split("?")[0]  # signed anew on each read
     async with httpx.AsyncClient() as plain:
         assert (await plain.get(redirect.headers["location"])).content.startswith(b"\x89PNG")
     history = (await api.get("/v1/jobs", headers=alice)).json()["jobs"]
@@ -237,7 +241,7 @@ async def test_health_readiness_and_metrics(api: httpx.AsyncClient):
     assert (await api.get("/healthz")).json()["status"] == "ok"
     ready = await api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"broker": True, "storage": True}
+    assert ready.json()["checks"] == {"broker": True, "storage": True, "database": True}
     metrics = await api.get("/metrics")
     assert metrics.status_code == 200
     assert "sdqueue_bridge_requests_total" in metrics.text
@@ -247,7 +251,8 @@ async def test_web_page_is_served(api: httpx.AsyncClient):
     response = await api.get("/")
 
     assert response.status_code == 200
-    assert "EventSource cannot" in response.text
+    assert '<script src="/static/app.js"' in response.text
+    assert "EventSource cannot" in (await api.get("/static/app.js")).text
 
 
 async def test_cancel_a_queued_and_a_running_job(api: httpx.AsyncClient, alice: dict[str, str]):

@@ -116,3 +116,16 @@ def test_cli_import_stays_free_of_the_bridge_stack():
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_the_bridge_refuses_to_start_on_a_schema_it_does_not_know(blank_database_url: str, tmp_path: Path):
+    settings = _settings(tmp_path, blank_database_url)
+    bridge = settings.bridge.model_copy(update={"token_secret": SecretStr("t" * 40), "port": 0})
+    settings = settings.model_copy(
+        update={"bridge": bridge, "auth": settings.auth.model_copy(update={"hs256_secret": SecretStr("h" * 40)})}
+    )
+
+    refused = _sdqueue(settings, "bridge")
+
+    assert refused.returncode == 1
+    assert "sdqueue bridge db upgrade" in refused.stderr

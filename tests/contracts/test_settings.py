@@ -37,7 +37,7 @@ def test_defaults_need_no_environment():
 
 def test_a_child_environment_rebuilds_exactly_the_given_settings(monkeypatch: pytest.MonkeyPatch):
     settings = Settings(bridge=BridgeSettings(processes=3))
-    base = {"PATH": "/usr/bin", "SDQUEUE_BRIDGE__MARKER_WAIT_S": "0", "sdqueue_model": "stale"}
+    base = {"PATH": "/usr/bin", "SDQUEUE_BRIDGE__PROCESSES": "1", "sdqueue_model": "stale"}
 
     environment = child_environment(settings, base=base)
 
@@ -49,7 +49,7 @@ def test_a_child_environment_rebuilds_exactly_the_given_settings(monkeypatch: py
         monkeypatch.setenv(key, value)
     rebuilt = Settings()
     assert rebuilt.model_copy(update={"worker_name": settings.worker_name}) == settings  # each child names itself
-    assert rebuilt.bridge.marker_wait_s > 0  # the base's stale 0 is gone
+    assert rebuilt.bridge.processes == 3  # the base's stale 1 is gone
 
 
 def test_nested_group_fields_use_double_underscore(monkeypatch: pytest.MonkeyPatch):

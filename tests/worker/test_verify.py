@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 from pydantic import SecretStr
 
-from sdqueue.client.tokens import encode_hs256
 from sdqueue.config import AuthSettings
 from sdqueue.contracts import ErrorCode, body_sha256
 from sdqueue.worker.errors import SdqueueError
@@ -141,28 +140,3 @@ def test_hmac_not_allowed_when_only_public_keys_are_configured(auth: AuthSetting
     rs_only = auth.model_copy(update={"algorithms": ("RS256",), "hs256_secret": None})
 
     assert _code(jwt.encode(_claims(), SECRET, algorithm="HS256"), rs_only) is ErrorCode.INVALID_TOKEN
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {},
-        {"sub": "émilie ☃", "scope": "sdqueue:generate sdqueue:cancel"},
-        {"quota": {"max_steps": 20, "models": ["default", "fast"], "priority": "high"}},
-    ],
-)
-def test_the_clients_hs256_encoder_matches_pyjwt_byte_for_byte(overrides: dict[str, Any], auth: AuthSettings):
-    claims = _claims(**overrides)  # built now: `exp` is a minute from the test, not from collection
-    token = encode_hs256(claims, SECRET)
-
-    assert token == jwt.encode(claims, SECRET, algorithm="HS256")
-    assert _verify(token, auth).subject == claims["sub"]
-
-
-def test_the_clients_hs256_encoder_refuses_an_asymmetric_key_as_pyjwt_does():
-    public_pem = RSA_KEY.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-    with pytest.raises(jwt.InvalidKeyError):
-        encode_hs256(_claims(), public_pem.decode())

@@ -5,6 +5,8 @@ from sdqueue.bridge._accounts import (
     AccountError,
     Accounts,
     Throttled,
+    UnknownUser,
+    UserExists,
     WrongCredentials,
 )
 from sdqueue.bridge._app import create_app, run_bridge
@@ -20,7 +22,6 @@ from sdqueue.bridge._db import (
 )
 from sdqueue.bridge._errors import HTTP_STATUS, BridgeError
 from sdqueue.bridge._jobstore import JobRow, JobStore
-from sdqueue.bridge._users import UnknownUser, UserExists, UserStore, UserStoreError
 
 __all__ = [
     "HTTP_STATUS",
@@ -36,8 +37,6 @@ __all__ = [
     "Throttled",
     "UnknownUser",
     "UserExists",
-    "UserStore",
-    "UserStoreError",
     "WrongCredentials",
     "create_app",
     "database_url",

@@ -1,25 +1,24 @@
-"""The FastAPI app: routes, error handlers, the web page and a lifespan that opens one client."""
+"""The FastAPI app: routes, error handlers, security headers, the web page and a lifespan that opens the state."""
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from sdqueue.bridge import _compat, _ops, _routes
 from sdqueue.bridge._errors import install_error_handlers
-from sdqueue.bridge._lane import AcceptLane, lane_routes
-from sdqueue.bridge._processes import serve_processes
-from sdqueue.bridge._state import check_settings, make_metrics, open_state
-from sdqueue.config import Settings, child_environment, load_settings
+from sdqueue.bridge._guard import BodyLimits, SecurityHeaders
+from sdqueue.bridge._state import check_database, check_settings, make_metrics, open_state
+from sdqueue.config import Settings, load_settings
 
 DESCRIPTION = """\
 The HTTP bridge of sdqueue. Sign in with `POST /token` (OAuth2 password flow), then send the bearer token.
@@ -31,7 +30,7 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The bridge app for these settings; its lifespan connects to the broker and the bucket."""
+    """The bridge app for these settings; its lifespan opens the database, the broker and the bucket."""
     metrics = make_metrics(multiprocess_dir=metrics_dir(settings))
 
     @asynccontextmanager
@@ -46,8 +45,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(_compat.router)
     app.include_router(_ops.router)
     app.add_api_route("/", web_page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
-    # The last middleware added is the outermost: the lane's answers are counted like every other.
-    app.add_middleware(AcceptLane, routes=lane_routes(_routes.router, paths=_routes.LANE_PATHS))
+    app.mount("/static", StaticFiles(packages=[("sdqueue.bridge", "static")]), name="static")
+    # The last middleware added is the outermost: every answer, a refused body's 413 included, is counted and
+    # carries the security headers.
+    app.add_middleware(BodyLimits, bridge=settings.bridge, limits=settings.limits)
+    app.add_middleware(SecurityHeaders, s3=settings.s3)
     app.add_middleware(_ops.RequestMetrics, metrics=metrics)
     return app
 
@@ -55,40 +57,38 @@ def create_app(settings: Settings) -> FastAPI:
 def run_bridge(settings: Settings) -> int:
     """Serve the bridge with uvicorn on `bridge.host:bridge.port` until interrupted; returns the exit code.
 
-    With `bridge.processes` above 1, that many processes serve the port, each on a socket of its own
-    (`serve_processes`); each builds its app from the environment (`app_from_environment`), which this process
-    first sets to rebuild `settings`.
+    With `bridge.processes` above 1, uvicorn's own workers serve the port; each builds its app from the environment
+    (`app_from_environment`), as `sdqueue bridge` does.
 
     Raises:
-        BridgeConfigError: a secret the bridge needs is not set.
+        BridgeConfigError: a secret the bridge needs is not set, or the database is not at this code's schema.
     """
     import uvicorn
 
     check_settings(settings)
+    asyncio.run(check_database(settings))
     bridge = settings.bridge
-    options: dict[str, Any] = {"host": bridge.host, "port": bridge.port, "access_log": bridge.access_log}
+    config = {
+        "host": bridge.host,
+        "port": bridge.port,
+        "access_log": bridge.access_log,
+        "log_level": "info",
+        "timeout_graceful_shutdown": bridge.shutdown_timeout_s,
+    }
     directory = metrics_dir(settings)
     if directory is None:
-        app = create_app(settings)
-        freeze_heap()
-        uvicorn.run(app, log_level="info", **options)
+        uvicorn.run(create_app(settings), **config)  # type: ignore[arg-type]  # uvicorn's loose kwargs
         return 0
     shutil.rmtree(directory, ignore_errors=True)  # a previous run's processes are gone; so are their values
     directory.mkdir(parents=True)
-    # The spawned processes inherit this environment: their settings, and the variable prometheus_client reads
-    # when it is imported.
-    environment = child_environment(settings, base=os.environ)
-    environment[MULTIPROCESS_ENV] = str(directory)
-    os.environ.clear()
-    os.environ.update(environment)
-    return serve_processes(APP_FACTORY, count=bridge.processes, options={"log_level": "info", **options})
+    os.environ.setdefault(MULTIPROCESS_ENV, str(directory))  # prometheus_client's own switch, read by each worker
+    uvicorn.run(APP_FACTORY, factory=True, workers=bridge.processes, **config)  # type: ignore[arg-type]
+    return 0
 
 
 def app_from_environment() -> FastAPI:
-    """The app of one of several bridge processes: settings from the environment, as `sdqueue bridge` loads them."""
-    app = create_app(load_settings())
-    freeze_heap()
-    return app
+    """The app of one of uvicorn's worker processes: settings from the environment, as `sdqueue bridge` loads them."""
+    return create_app(load_settings())
 
 
 def metrics_dir(settings: Settings) -> Path | None:
@@ -96,16 +96,7 @@ def metrics_dir(settings: Settings) -> Path | None:
     return settings.state_dir / "bridge-metrics" if settings.bridge.processes > 1 else None
 
 
-def freeze_heap() -> None:
-    """Move what is imported and built by now out of the collector's reach, for the life of the process.
-
-    Full collections under load then walk the objects requests create, not the whole heap in the middle of a burst.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 async def web_page() -> HTMLResponse:
-    """The single-page web client."""
+    """The single-page web client; its script and styles are static files (the CSP allows no inline script)."""
     page = resources.files("sdqueue.bridge").joinpath("static/index.html").read_text(encoding="utf-8")
     return HTMLResponse(page)

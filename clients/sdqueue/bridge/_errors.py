@@ -10,8 +10,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sdqueue.bridge._db import DatabaseUnavailable
 from sdqueue.client import ClientError, StorageUnavailable, UnroutableRequest
 from sdqueue.contracts import ErrorCode
 
@@ -34,16 +36,21 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CANCELLED: 409,
     ErrorCode.DELIVERY_LIMIT_EXCEEDED: 500,
 }
-# Statuses the bridge answers that no contract code names: an unknown job or route, a conflict, a timeout.
+# Statuses the bridge answers that no contract code names: an unknown job or route, a conflict, a timeout, a body
+# over its cap, a caller over its rate or its open streams.
 NOT_FOUND = "not_found"
 CONFLICT = "conflict"
 TIMEOUT = "timeout"
 UNAVAILABLE = "unavailable"
 METHOD_NOT_ALLOWED = "method_not_allowed"
+TOO_LARGE = "request_too_large"
+TOO_MANY_REQUESTS = "too_many_requests"
 EXTRA_STATUS: dict[str, int] = {
     NOT_FOUND: 404,
     METHOD_NOT_ALLOWED: 405,
     CONFLICT: 409,
+    TOO_LARGE: 413,
+    TOO_MANY_REQUESTS: 429,
     TIMEOUT: 504,
     UNAVAILABLE: 503,
 }
@@ -120,6 +127,12 @@ async def _on_client_error(request: Request, exc: Exception) -> JSONResponse:
     return await _on_bridge_error(request, from_client_error(exc))
 
 
+async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
+    detail = exc.detail if isinstance(exc, DatabaseUnavailable) else str(exc)
+    log.warning("%s %s: the database failed: %s", request.method, request.url.path, detail)
+    return error_response(UNAVAILABLE, "the bridge's database is unavailable; try again later")
+
+
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)  # noqa: S101  # registered for RequestValidationError only
     return error_response(ErrorCode.INVALID_REQUEST, describe_problems(exc.errors()))
@@ -145,6 +158,8 @@ ErrorHandler = Callable[[Request, Exception], Awaitable[JSONResponse]]
 ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     BridgeError: _on_bridge_error,
     ClientError: _on_client_error,
+    DBAPIError: _on_database_error,
+    DatabaseUnavailable: _on_database_error,
     RequestValidationError: _on_validation_error,
     StarletteHTTPException: _on_http_error,
 }
@@ -154,11 +169,3 @@ def install_error_handlers(app: FastAPI) -> None:
     """Answer every error as `{"error": {"code", "message"}}`."""
     for exc_type, handler in ERROR_HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
-
-
-def error_handler_for(exc: Exception) -> ErrorHandler | None:
-    """The handler the app would pick for `exc` (nearest class first), or None for an unexpected error."""
-    for exc_type in type(exc).__mro__:
-        if exc_type in ERROR_HANDLERS:
-            return ERROR_HANDLERS[exc_type]
-    return None

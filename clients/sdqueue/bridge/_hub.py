@@ -1,6 +1,7 @@
 """One subscription to `sdqueue.events` (`job.#`), fanned out to the requests that follow a job.
 
-The latest non-terminal event per job is kept in a bounded cache: a cache of the event stream, not job state.
+The latest progress (`started` or `progress`) per job is kept in a bounded cache: a cache of the event stream, not
+job state. Terminal events are passed on to followers only as a cue to read the job's record; they are never cached.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from sdqueue.client import BrokerUnavailable
 from sdqueue.config import BrokerSettings
-from sdqueue.contracts import JobEvent, parse_event
+from sdqueue.contracts import JobEvent, is_terminal, parse_event
 from sdqueue.contracts.topology import EVENTS_EXCHANGE, EXCHANGE_TYPES
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,16 @@ class EventHub:
         return self._connection is not None and not self._connection.is_closed
 
     def latest(self, job_id: str) -> JobEvent | None:
-        """The last event seen for a job, if it is still cached."""
+        """The last progress event seen for a job, if it is still cached."""
         return self._latest.get(job_id)
+
+    async def next_event(self, queue: asyncio.Queue[JobEvent], *, timeout_s: float) -> JobEvent | None:
+        """The next event a subscription receives, or None after `timeout_s` of quiet."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await queue.get()
+        except TimeoutError:
+            return None
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[asyncio.Queue[JobEvent]]:
@@ -86,11 +95,12 @@ class EventHub:
                 self._subscribers.pop(job_id, None)
 
     def dispatch(self, event: JobEvent) -> None:
-        """Cache the event and hand it to the job's subscribers."""
-        self._latest[event.job_id] = event
-        self._latest.move_to_end(event.job_id)
-        while len(self._latest) > self._cache_size:
-            self._latest.popitem(last=False)
+        """Cache a progress event, and hand any event to the job's subscribers."""
+        if not is_terminal(event):
+            self._latest[event.job_id] = event
+            self._latest.move_to_end(event.job_id)
+            while len(self._latest) > self._cache_size:
+                self._latest.popitem(last=False)
         for queue in self._subscribers.get(event.job_id, ()):
             queue.put_nowait(event)
 

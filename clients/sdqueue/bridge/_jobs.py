@@ -1,18 +1,24 @@
-"""Submitting jobs for a caller and reading their status, from the bucket and the event stream."""
+"""Submitting jobs for a caller and reading their status: the row in the database, the record in the bucket.
+
+The bucket's result record (`jobs/<job_id>.json`, written only by workers) is the one source of a job's terminal
+state; events on the broker only carry progress, or say that the record is worth reading now. Image URLs are
+presigned afresh from the record's keys on every read.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 
 from pydantic import ValidationError
 
+from sdqueue.bridge._accounts import Account
 from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, UNAVAILABLE, BridgeError
-from sdqueue.bridge._markers import JobMarker, get_marker, minted_at_s, recent_job_ids
+from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
-from sdqueue.client import mint_token, request_body, request_message
+from sdqueue.client import ClientError, mint_token, request_body, request_message
+from sdqueue.config import object_url
 from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
     ErrorCode,
@@ -20,13 +26,14 @@ from sdqueue.contracts import (
     JobEvent,
     ProgressEvent,
     StartedEvent,
+    SucceededEvent,
     TerminalEvent,
     is_terminal,
     utc_now,
 )
+from sdqueue.contracts.topology import output_key
 
 RECORD_POLL_INTERVAL_S = 5.0
-MARKER_POLL_S = 0.25
 
 
 def job_links(job_id: str) -> JobLinks:
@@ -59,162 +66,175 @@ def check_limits(request: GenerationRequest, *, state: BridgeState) -> None:
         raise BridgeError(ErrorCode.LIMITS_EXCEEDED, violation)
 
 
-async def submit_job(request: GenerationRequest, *, owner: str, state: BridgeState) -> JobMarker:
-    """Publish the job with a token minted for the owner, then note it under its owner in the background.
+async def check_routable(request: GenerationRequest, *, state: BridgeState) -> None:
+    """Refuse a request no worker queue would take, before anything is stored for it.
 
     Raises:
-        ClientError: the broker refused or did not confirm.
+        BridgeError: `unknown_model`.
+    """
+    if not await state.client.is_routable(request.model):
+        raise BridgeError(ErrorCode.UNKNOWN_MODEL, f"no worker serves model {request.model!r}")
+
+
+async def submit_job(request: GenerationRequest, *, owner: Account, state: BridgeState) -> JobRow:
+    """Commit the job's row under its owner, then publish it with a token minted for the owner.
+
+    The row exists before the broker sees the job, so a bridge that dies after its `202` loses nothing; a publish
+    that fails removes the row again.
+
+    Raises:
+        ClientError: the broker refused, could not route or did not confirm.
     """
     check_limits(request, state=state)
-    await _publish(request, owner=owner, state=state)
-    marker = JobMarker(
+    row = JobRow(
         job_id=request.job_id,
-        owner=owner,
+        owner_id=owner.user_id,
+        created_at=utc_now(),
         mode=request.mode,
-        prompt=request.prompt,
         model=request.model,
+        prompt=request.prompt,
         width=request.width,
         height=request.height,
         steps=request.steps,
-        created_at=utc_now(),
     )
-    state.markers.write(marker)
+    await state.jobs.add(row)
+    try:
+        await _publish(request, owner=owner, state=state)
+    except ClientError:
+        await state.jobs.delete(row.job_id)
+        raise
     state.metrics.jobs.labels(mode=request.mode).inc()
-    return marker
+    return row
 
 
-async def _publish(request: GenerationRequest, *, owner: str, state: BridgeState) -> None:
+async def _publish(request: GenerationRequest, *, owner: Account, state: BridgeState) -> None:
     # Not `client.submit`: no reply queue, since the hub already sees every event.
     body = request_body(request)
     token = mint_token(
-        body, job_id=request.job_id, subject=owner, auth=state.settings.auth, ttl_s=state.settings.bridge.job_wait_ttl_s
+        body,
+        job_id=request.job_id,
+        subject=owner.user_id,
+        auth=state.settings.auth,
+        ttl_s=state.settings.bridge.job_wait_ttl_s,
     )
     message = request_message(body, job_id=request.job_id, token=token)
     await state.client.publish_raw(message, routing_key=request.model)
 
 
-async def owned_marker(job_id: str, *, owner: str, state: BridgeState) -> JobMarker:
-    """The caller's marker of a job.
+async def owned_job(job_id: str, *, owner: Account, state: BridgeState) -> JobRow:
+    """The caller's job: one database read, never a wait.
 
     Raises:
         BridgeError: `not_found` when the job is not the caller's or does not exist.
     """
-    marker = await _find_marker(owner, job_id, state=state)
-    if marker is None:
+    row = await state.jobs.get(job_id, owner_id=owner.user_id)
+    if row is None:
         raise BridgeError(NOT_FOUND, "no such job")
-    return marker
+    return row
 
 
-async def job_status(marker: JobMarker, *, state: BridgeState) -> JobStatus:
-    """The job's status: its record if it finished, else what the event stream last said."""
-    record = await state.client.read_record(marker.job_id)
-    return status_from(marker, record if record is not None else state.hub.latest(marker.job_id))
+async def current_record(row: JobRow, *, state: BridgeState) -> TerminalEvent | None:
+    """The job's result record with image URLs presigned now, or None while it has none; notes its status."""
+    record = await state.client.read_record(row.job_id)
+    if record is None:
+        return None
+    if row.status != record.type:
+        await state.jobs.set_status(row.job_id, record.type)
+    return with_fresh_urls(record, state=state)
 
 
-def status_from(marker: JobMarker, event: JobEvent | None) -> JobStatus:
-    """The status a job's latest known event implies."""
+def with_fresh_urls(record: TerminalEvent, *, state: BridgeState) -> TerminalEvent | None:
+    """The record with each image's URL signed now from its key; None if a key lies outside the job's outputs."""
+    if not isinstance(record, SucceededEvent):
+        return record
+    images = []
+    for image in record.images:
+        expected = output_key(record.job_id, image.index, image.key.rpartition(".")[2])
+        if image.key != expected:
+            return None
+        url = object_url(state.s3, s3=state.settings.s3, key=image.key)
+        images.append(image.model_copy(update={"url": url}))
+    return record.model_copy(update={"images": images})
+
+
+async def job_status(row: JobRow, *, state: BridgeState) -> JobStatus:
+    """The job's status: its record if it finished, else the progress the event stream last reported."""
+    record = await current_record(row, state=state)
+    return status_from(row, record if record is not None else state.hub.latest(row.job_id))
+
+
+def status_from(row: JobRow, event: JobEvent | None) -> JobStatus:
+    """The status a job's record or latest progress event implies (a terminal event is trusted from records only)."""
     status: JobState = "queued"
     progress = None
     result: TerminalEvent | None = None
     if isinstance(event, ProgressEvent):
         status, progress = "running", Progress(step=event.step, steps=event.steps)
     elif isinstance(event, StartedEvent):
-        status, progress = "running", Progress(step=0, steps=marker.steps)
+        status, progress = "running", Progress(step=0, steps=row.steps)
     elif event is not None:
         status, result = event.type, event
     return JobStatus(
-        job_id=marker.job_id,
+        job_id=row.job_id,
         status=status,
-        mode=marker.mode,
-        prompt=marker.prompt,
-        created_at=marker.created_at,
+        mode=row.mode,
+        prompt=row.prompt,
+        created_at=row.created_at,
         progress=progress,
         result=result,
-        links=job_links(marker.job_id),
+        links=job_links(row.job_id),
     )
 
 
-async def recent_jobs(owner: str, *, limit: int, state: BridgeState) -> list[JobStatus]:
+async def recent_jobs(owner: Account, *, limit: int, state: BridgeState) -> list[JobStatus]:
     """The caller's newest jobs with their status, newest first."""
-    pending = [marker.job_id for marker in state.markers.pending_for(owner)]
-    stored = await recent_job_ids(owner, limit=limit, s3=state.settings.s3, client=state.s3)
-    job_ids = sorted({*pending, *stored})[:limit]  # ids sort newest first
-    markers = await asyncio.gather(*(_find_marker(owner, job_id, state=state) for job_id in job_ids))
-    found = [marker for marker in markers if marker is not None]
-    return list(await asyncio.gather(*(job_status(marker, state=state) for marker in found)))
+    rows = await state.jobs.recent(owner.user_id, limit=limit)
+    return [await job_status(row, state=state) for row in rows]
 
 
-async def _find_marker(owner: str, job_id: str, *, state: BridgeState) -> JobMarker | None:
-    """The caller's marker: still being stored here, already in the bucket, or soon there.
+async def job_events(row: JobRow, *, state: BridgeState, timeout_s: float) -> AsyncIterator[JobEvent | None]:
+    """Yield the job's progress, then its record; None now and then while nothing happens (a keep-alive).
 
-    A job accepted by another bridge process or replica has no marker anywhere for a moment after its `202`; a
-    read of it waits until the marker lands or `bridge.marker_wait_s` after the job was accepted.
-    """
-    marker = state.markers.pending(owner, job_id) or await _stored_marker(owner, job_id, state=state)
-    minted_s = minted_at_s(job_id)
-    if marker is not None or minted_s is None:
-        return marker
-    give_up_s = minted_s + state.settings.bridge.marker_wait_s
-    while marker is None and time.time() < give_up_s:
-        await asyncio.sleep(min(MARKER_POLL_S, max(give_up_s - time.time(), 0.0)))
-        marker = await _stored_marker(owner, job_id, state=state)
-    return marker
-
-
-async def _stored_marker(owner: str, job_id: str, *, state: BridgeState) -> JobMarker | None:
-    return await get_marker(owner, job_id, s3=state.settings.s3, client=state.s3)
-
-
-async def job_events(marker: JobMarker, *, state: BridgeState, timeout_s: float) -> AsyncIterator[JobEvent | None]:
-    """Yield the job's events up to its terminal one; None now and then while nothing happens (a keep-alive).
-
-    Stops after `timeout_s` without a terminal event.
+    A terminal event on the broker only makes the record worth reading: without a record it is ignored. Stops
+    after `timeout_s` without a record.
     """
     deadline = time.monotonic() + timeout_s
-    async with state.hub.subscribe(marker.job_id) as queue:
-        record = await state.client.read_record(marker.job_id)
+    async with state.hub.subscribe(row.job_id) as queue:
+        record = await current_record(row, state=state)
         if record is not None:
             yield record
             return
-        latest = state.hub.latest(marker.job_id)
-        if latest is not None and not is_terminal(latest):
+        latest = state.hub.latest(row.job_id)
+        if latest is not None:
             yield latest
         while (remaining := deadline - time.monotonic()) > 0:
-            event = await _next_event(
-                marker.job_id, queue, timeout_s=min(remaining, RECORD_POLL_INTERVAL_S), state=state
-            )
+            event = await state.hub.next_event(queue, timeout_s=min(remaining, RECORD_POLL_INTERVAL_S))
+            if event is None or is_terminal(event):
+                # A quiet spell or a claimed end: the record is the truth (events may also be lost in a reconnect).
+                record = await current_record(row, state=state)
+                if record is not None:
+                    yield record
+                    return
+                event = None
             yield event
-            if event is not None and is_terminal(event):
-                return
 
 
-async def _next_event(
-    job_id: str, queue: asyncio.Queue[JobEvent], *, timeout_s: float, state: BridgeState
-) -> JobEvent | None:
-    try:
-        async with asyncio.timeout(timeout_s):
-            return await queue.get()
-    except TimeoutError:
-        # Events can be missed across a broker reconnect; the record is the durable truth.
-        return await state.client.read_record(job_id)
-
-
-async def wait_for_job(marker: JobMarker, *, state: BridgeState, timeout_s: float) -> JobStatus:
-    """The job's status once it is terminal, or its current status after `timeout_s`."""
+async def wait_for_job(row: JobRow, *, state: BridgeState, timeout_s: float) -> JobStatus:
+    """The job's status once it has a record, or its current status after `timeout_s`."""
     last: JobEvent | None = None
-    async for event in job_events(marker, state=state, timeout_s=timeout_s):
+    async for event in job_events(row, state=state, timeout_s=timeout_s):
         if event is not None:
             last = event
-    return status_from(marker, last if last is not None else state.hub.latest(marker.job_id))
+    return status_from(row, last if last is not None else state.hub.latest(row.job_id))
 
 
-async def cancel_job(marker: JobMarker, *, state: BridgeState) -> None:
+async def cancel_job(row: JobRow, *, owner: Account, state: BridgeState) -> None:
     """Send the cancel command for the caller's job.
 
     Raises:
         BridgeError: `conflict` when the job already ended; `unavailable` when no worker listens.
     """
-    if await state.client.read_record(marker.job_id) is not None:
+    if await state.client.read_record(row.job_id) is not None:
         raise BridgeError(CONFLICT, "the job has already finished")
-    if not await state.client.cancel(marker.job_id, subject=marker.owner, reason="cancelled through the bridge"):
+    if not await state.client.cancel(row.job_id, subject=owner.user_id, reason="cancelled through the bridge"):
         raise BridgeError(UNAVAILABLE, "no worker is listening for cancel commands")

@@ -54,6 +54,14 @@ class Img2ImgForm(GenerationParams):
     strength: Annotated[float, Field(gt=0, le=1)] = 0.75
 
 
+class CompatImageForm(BaseModel):
+    """The original API's `POST /generar-imagen-imagen` form fields (the `imagen` file travels next to them)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=4000)] | None = None
+
+
 class JobLinks(BaseModel):
     """Where to follow a job."""
 

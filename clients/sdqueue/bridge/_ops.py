@@ -6,12 +6,15 @@ import asyncio
 import time
 from typing import Annotated
 
+from botocore.exceptions import BotoCoreError
+from botocore.exceptions import ClientError as BotoClientError
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdqueue.bridge._errors import UNAVAILABLE, ErrorBody, error_response
-from sdqueue.bridge._markers import bucket_is_reachable
 from sdqueue.bridge._models import Health
 from sdqueue.bridge._state import BridgeState, Metrics, get_state
 
@@ -28,19 +31,33 @@ async def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorBody, "description": "not ready"}})
 async def readyz(state: State) -> Health | Response:
     """Readiness: the broker subscription is up and the bucket answers."""
-    checks = {"broker": state.hub.is_connected, "storage": await _storage_ready(state)}
+    checks = {
+        "broker": state.hub.is_connected,
+        "storage": await _storage_ready(state),
+        "database": await _database_ready(state),
+    }
     if not all(checks.values()):
         down = ", ".join(name for name, is_up in checks.items() if not is_up)
         return error_response(UNAVAILABLE, f"not ready: {down} unreachable")
     return Health(status="ok", checks=checks)
 
 
+async def _database_ready(state: BridgeState) -> bool:
+    try:
+        async with asyncio.timeout(state.settings.bridge.readiness_timeout_s), state.database.engine.connect() as db:
+            await db.execute(text("SELECT 1"))
+    except (TimeoutError, SQLAlchemyError, OSError):
+        return False
+    return True
+
+
 async def _storage_ready(state: BridgeState) -> bool:
     try:
         async with asyncio.timeout(state.settings.bridge.readiness_timeout_s):
-            return await bucket_is_reachable(s3=state.settings.s3, client=state.s3)
-    except TimeoutError:
+            await asyncio.to_thread(state.s3.head_bucket, Bucket=state.settings.s3.bucket)
+    except (TimeoutError, BotoCoreError, BotoClientError):
         return False
+    return True
 
 
 @router.get(

@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import RedirectResponse, StreamingResponse
 from fastapi.security import OAuth2PasswordRequestForm
+from starlette.background import BackgroundTask
 
-from sdqueue.bridge._auth import BEARER_SECURITY, CurrentUser, issue_access_token, request_user
-from sdqueue.bridge._bodies import json_body, read_json
-from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, BridgeError, error_responses
+from sdqueue.bridge._accounts import Account, Throttled, WrongCredentials
+from sdqueue.bridge._auth import CurrentUser, issue_access_token
+from sdqueue.bridge._bodies import form_body, json_body, read_form, read_json
+from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, TOO_MANY_REQUESTS, BridgeError, error_responses
 from sdqueue.bridge._jobs import (
     build_request,
     cancel_job,
+    check_limits,
+    check_routable,
+    current_record,
     job_events,
     job_links,
     job_status,
-    owned_marker,
+    owned_job,
     recent_jobs,
     submit_job,
     wait_for_job,
 )
-from sdqueue.bridge._markers import new_bridge_job_id
+from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import (
     CancelAccepted,
     Img2ImgForm,
@@ -35,34 +39,53 @@ from sdqueue.bridge._models import (
     TokenResponse,
     Txt2ImgBody,
 )
-from sdqueue.bridge._state import BridgeState, get_state, state_of
-from sdqueue.bridge._uploads import image_extension, read_upload
-from sdqueue.contracts import ErrorCode, JobEvent
+from sdqueue.bridge._state import BridgeState, get_state
+from sdqueue.bridge._streams import StreamSlot
+from sdqueue.bridge._uploads import image_extension
+from sdqueue.client import new_job_id
+from sdqueue.contracts import ErrorCode, InitImageKey, JobEvent
+from sdqueue.contracts.topology import input_key
 
 State = Annotated[BridgeState, Depends(get_state)]
 JOB_ID_PATH = r"^[A-Za-z0-9_-]{1,64}$"
 JobId = Annotated[str, Path(pattern=JOB_ID_PATH, description="the job id the bridge assigned")]
-LANE_PATHS = ("/v1/txt2img",)  # served by `AcceptLane`: each endpoint takes only the request
+IMAGE_FILE = "init image: PNG, JPEG or WebP"
 
 
 router = APIRouter()
 
 
-@router.post("/token", response_model=TokenResponse, tags=["auth"], responses=error_responses(400, 401))
-async def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], state: State) -> TokenResponse:
-    """OAuth2 password flow: a user name and password from the user store for a bearer token."""
-    if not await _verify(state, form.username, form.password):
+@router.post("/token", response_model=TokenResponse, tags=["auth"], responses=error_responses(400, 401, 429))
+async def token(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], state: State) -> TokenResponse:
+    """OAuth2 password flow: a user name and password for a bearer token; failures are throttled (`429`)."""
+    try:
+        account = await state.accounts.sign_in(form.username, form.password, address=client_address(request))
+    except Throttled as exc:
+        raise BridgeError(TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
+    except WrongCredentials as exc:
         raise BridgeError(
             ErrorCode.UNAUTHENTICATED, "wrong user name or password", headers={"WWW-Authenticate": "Bearer"}
-        )
+        ) from exc
     bridge = state.settings.bridge
-    return TokenResponse(
-        access_token=issue_access_token(form.username, bridge=bridge), expires_in=bridge.access_token_ttl_s
+    return TokenResponse(access_token=issue_access_token(account, bridge=bridge), expires_in=bridge.access_token_ttl_s)
+
+
+def client_address(request: Request) -> str:
+    """The caller's address (behind a proxy, as uvicorn's `--forwarded-allow-ips` resolves it)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+async def txt2img_body(request: Request, _: CurrentUser) -> Txt2ImgBody:
+    """`POST /v1/txt2img`'s JSON body, read once the caller is authenticated."""
+    return await read_json(request, Txt2ImgBody)
+
+
+async def img2img_body(request: Request, _: CurrentUser, state: State) -> tuple[Img2ImgForm, bytes]:
+    """`POST /v1/img2img`'s form fields and image, read once the caller is authenticated."""
+    fields, images = await read_form(
+        request, Img2ImgForm, files=("image",), max_file_bytes=state.settings.bridge.max_upload_bytes
     )
-
-
-async def _verify(state: BridgeState, username: str, password: str) -> bool:
-    return await asyncio.to_thread(state.users.verify, username, password)
+    return fields, images["image"]
 
 
 @router.post(
@@ -70,18 +93,14 @@ async def _verify(state: BridgeState, username: str, password: str) -> bool:
     status_code=202,
     response_model=JobAccepted,
     tags=["jobs"],
-    responses=error_responses(400, 401, 404, 422, 503),
-    openapi_extra={**json_body(Txt2ImgBody), **BEARER_SECURITY},
+    responses=error_responses(400, 401, 404, 413, 422, 503),
+    openapi_extra=json_body(Txt2ImgBody),
 )
-async def txt2img(request: Request) -> Response:
+async def txt2img(body: Annotated[Txt2ImgBody, Depends(txt2img_body)], user: CurrentUser, state: State) -> JobAccepted:
     """Queue a txt2img job: the generation request's fields without `job_id`, which the bridge assigns."""
-    # The hot path under load: caller, body and state are read here rather than solved as dependencies, so that
-    # `AcceptLane` can await this function directly.
-    user = request_user(request)
-    body = await read_json(request, Txt2ImgBody)
-    job_id = new_bridge_job_id()
+    job_id = new_job_id()
     generation = build_request({**body.model_dump(exclude_unset=True), "mode": "txt2img"}, job_id=job_id)
-    await submit_job(generation, owner=user, state=state_of(request))
+    await submit_job(generation, owner=user, state=state)
     return accepted(job_id)
 
 
@@ -91,35 +110,47 @@ async def txt2img(request: Request) -> Response:
     response_model=JobAccepted,
     tags=["jobs"],
     responses=error_responses(400, 401, 404, 413, 422, 503),
+    openapi_extra=form_body(Img2ImgForm, files={"image": IMAGE_FILE}),
 )
 async def img2img(
-    form: Annotated[Img2ImgForm, Form()],
-    image: Annotated[UploadFile, File(description="init image: PNG, JPEG or WebP")],
-    user: CurrentUser,
-    state: State,
-) -> Response:
+    body: Annotated[tuple[Img2ImgForm, bytes], Depends(img2img_body)], user: CurrentUser, state: State
+) -> JobAccepted:
     """Queue an img2img job: the `image` file plus the request's fields as form fields."""
-    job_id = new_bridge_job_id()
-    init = await upload_init(image, job_id=job_id, state=state)
-    request = build_request(
-        {**form.model_dump(exclude_unset=True), "mode": "img2img", "init_image": init}, job_id=job_id
-    )
-    await submit_job(request, owner=user, state=state)
+    form, image = body
+    job_id = new_job_id()
+    fields = {**form.model_dump(exclude_unset=True), "mode": "img2img"}
+    await submit_with_image(fields, image, job_id=job_id, owner=user, state=state)
     return accepted(job_id)
 
 
-def accepted(job_id: str) -> Response:
-    """The `202` answer for a queued job, rendered by pydantic directly (the hot path skips FastAPI's second pass)."""
-    body = JobAccepted(job_id=job_id, links=job_links(job_id)).model_dump_json()
-    return Response(body, status_code=202, media_type="application/json")
+def accepted(job_id: str) -> JobAccepted:
+    """The `202` answer for a queued job."""
+    return JobAccepted(job_id=job_id, links=job_links(job_id))
 
 
-async def upload_init(image: UploadFile, *, job_id: JobId, state: BridgeState) -> dict[str, str]:
-    """Check the uploaded init image and put it at `inputs/<job_id>/init.<ext>`; returns its wire reference."""
-    data = await read_upload(image, max_bytes=state.settings.bridge.max_upload_bytes)
-    extension = await image_extension(data, max_pixels=state.settings.limits.max_init_image_pixels)
-    reference = await state.client.upload_init_image(job_id, data, extension=extension)
-    return reference.model_dump()
+async def submit_with_image(
+    fields: Mapping[str, object], image: bytes, *, job_id: str, owner: Account, state: BridgeState
+) -> JobRow:
+    """Validate and route a job with an init image, then store the image and submit the job.
+
+    The image is stored only for a request that is valid, within the limits and routable, so a refused request
+    leaves nothing in the bucket; a publish that fails removes it again.
+
+    Raises:
+        BridgeError: the request, the image or its routing is refused.
+        ClientError: the bucket or the broker failed.
+    """
+    extension = await image_extension(image, max_pixels=state.settings.limits.max_init_image_pixels)
+    reference = InitImageKey(key=input_key(job_id, extension))
+    request = build_request({**fields, "init_image": reference.model_dump()}, job_id=job_id)
+    check_limits(request, state=state)
+    await check_routable(request, state=state)
+    await state.client.upload_init_image(job_id, image, extension=extension)
+    try:
+        return await submit_job(request, owner=owner, state=state)
+    except BaseException:
+        await state.client.delete_init_image(reference)
+        raise
 
 
 @router.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=error_responses(400, 401, 503))
@@ -134,11 +165,14 @@ async def list_jobs(
 @router.get("/v1/jobs/{job_id}", response_model=JobStatus, tags=["jobs"], responses=error_responses(400, 401, 404, 503))
 async def get_job(job_id: JobId, user: CurrentUser, state: State) -> JobStatus:
     """The job's status: `queued`, `running` with progress, or its terminal record in `result`."""
-    return await job_status(await owned_marker(job_id, owner=user, state=state), state=state)
+    return await job_status(await owned_job(job_id, owner=user, state=state), state=state)
 
 
 @router.get(
-    "/v1/jobs/{job_id}/wait", response_model=JobStatus, tags=["jobs"], responses=error_responses(400, 401, 404, 503)
+    "/v1/jobs/{job_id}/wait",
+    response_model=JobStatus,
+    tags=["jobs"],
+    responses=error_responses(400, 401, 404, 429, 503),
 )
 async def wait_job(
     job_id: JobId,
@@ -149,8 +183,9 @@ async def wait_job(
     ] = 30.0,
 ) -> JobStatus:
     """Block until the job is terminal or `timeout` seconds pass; answers its status either way."""
-    marker = await owned_marker(job_id, owner=user, state=state)
-    return await wait_for_job(marker, state=state, timeout_s=min(timeout_s, state.settings.bridge.max_wait_s))
+    row = await owned_job(job_id, owner=user, state=state)
+    with state.streams.take(user.user_id):
+        return await wait_for_job(row, state=state, timeout_s=min(timeout_s, state.settings.bridge.max_wait_s))
 
 
 @router.get(
@@ -167,18 +202,24 @@ async def wait_job(
                 }
             },
         },
-        **error_responses(400, 401, 404, 503),
+        **error_responses(400, 401, 404, 429, 503),
     },
 )
 async def stream_events(job_id: JobId, user: CurrentUser, state: State) -> StreamingResponse:
-    """Server-Sent Events of the job's events, ending with the terminal one."""
-    marker = await owned_marker(job_id, owner=user, state=state)
-    stream = job_events(marker, state=state, timeout_s=state.settings.bridge.max_wait_s)
+    """Server-Sent Events of the job's events, ending with its record."""
+    row = await owned_job(job_id, owner=user, state=state)
+    slot = state.streams.take(user.user_id)
+    stream = job_events(row, state=state, timeout_s=state.settings.bridge.max_wait_s)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_sse(stream, state=state), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(
+        _sse(stream, slot=slot, state=state),
+        media_type="text/event-stream",
+        headers=headers,
+        background=BackgroundTask(slot.release),  # also when the caller leaves before the stream starts
+    )
 
 
-async def _sse(events: AsyncIterator[JobEvent | None], *, state: BridgeState) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator[JobEvent | None], *, slot: StreamSlot, state: BridgeState) -> AsyncIterator[str]:
     state.metrics.streams.inc()
     try:
         yield ": connected\n\n"
@@ -186,6 +227,7 @@ async def _sse(events: AsyncIterator[JobEvent | None], *, state: BridgeState) ->
             yield ": keep-alive\n\n" if event is None else _sse_frame(event)
     finally:
         state.metrics.streams.dec()
+        slot.release()
 
 
 def _sse_frame(event: JobEvent) -> str:
@@ -203,11 +245,11 @@ def _sse_frame(event: JobEvent) -> str:
 async def image_redirect(
     job_id: JobId, index: Annotated[int, Path(ge=0, le=7)], user: CurrentUser, state: State
 ) -> RedirectResponse:
-    """Redirect to one generated image's URL (presigned, or the public base URL)."""
-    status = await job_status(await owned_marker(job_id, owner=user, state=state), state=state)
-    if status.result is None or status.result.type != "succeeded":
-        raise BridgeError(CONFLICT, f"the job has no images ({status.status})")
-    images = {image.index: image for image in status.result.images}
+    """Redirect to one generated image's URL, signed now from the record's key (or the public base URL)."""
+    record = await current_record(await owned_job(job_id, owner=user, state=state), state=state)
+    if record is None or record.type != "succeeded":
+        raise BridgeError(CONFLICT, f"the job has no images ({'unfinished' if record is None else record.type})")
+    images = {image.index: image for image in record.images}
     if index not in images:
         raise BridgeError(NOT_FOUND, "no image with that index")
     return RedirectResponse(images[index].url, status_code=307)
@@ -222,5 +264,5 @@ async def image_redirect(
 )
 async def cancel(job_id: JobId, user: CurrentUser, state: State) -> CancelAccepted:
     """Cancel the caller's job: a queued job never starts, a running one stops at its next step."""
-    await cancel_job(await owned_marker(job_id, owner=user, state=state), state=state)
+    await cancel_job(await owned_job(job_id, owner=user, state=state), owner=user, state=state)
     return CancelAccepted(job_id=job_id)

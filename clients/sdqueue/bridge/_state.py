@@ -1,4 +1,4 @@
-"""What the bridge holds while it runs: one client, one event hub, the user store and the metrics."""
+"""What the bridge holds while it runs: the database, one client, one event hub, the bucket and the metrics."""
 
 from __future__ import annotations
 
@@ -13,18 +13,16 @@ from fastapi import Request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from sdqueue.bridge._auth import AccessTokens
+from sdqueue.bridge._accounts import Accounts
+from sdqueue.bridge._db import Database, DatabaseUnavailable, SchemaMismatch, database_url, open_database
 from sdqueue.bridge._hub import HUB_QUEUE_PREFIX, EventHub
-from sdqueue.bridge._markers import MarkerWriter
-from sdqueue.bridge._users import UserStore
+from sdqueue.bridge._jobstore import JobStore
+from sdqueue.bridge._streams import StreamSlots
 from sdqueue.client import ClientError, SdqueueClient
 from sdqueue.config import Settings, make_s3_client
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
-
-
-MARKER_DRAIN_S = 30.0  # at shutdown, how long markers still being stored may take
 
 
 class BridgeConfigError(ClientError):
@@ -56,13 +54,14 @@ class BridgeState:
     """Everything a route needs; built by the lifespan, closed at shutdown."""
 
     settings: Settings
+    database: Database
     client: SdqueueClient
     hub: EventHub
-    users: UserStore
+    accounts: Accounts
+    jobs: JobStore
     s3: S3Client
-    markers: MarkerWriter
     metrics: Metrics
-    tokens: AccessTokens
+    streams: StreamSlots
 
 
 def make_metrics(*, multiprocess_dir: Path | None = None) -> Metrics:
@@ -101,31 +100,58 @@ def check_settings(settings: Settings) -> None:
 
 @asynccontextmanager
 async def open_state(settings: Settings, *, metrics: Metrics) -> AsyncIterator[BridgeState]:
-    """Connect the client and the event hub; close both on exit.
+    """Open the database, connect the client and the event hub; close them on exit.
 
     Raises:
         BridgeConfigError, BrokerUnavailable: the bridge cannot start.
     """
     check_settings(settings)
+    database = await open_checked_database(settings)
+    accounts = Accounts(database, bridge=settings.bridge)
     hub = EventHub(cache_size=settings.bridge.progress_cache_size)
-    async with SdqueueClient(settings, subject="sdqueue-bridge") as client:
-        await hub.start(settings.broker, queue_name=f"{HUB_QUEUE_PREFIX}{uuid.uuid4().hex}")
-        s3 = make_s3_client(settings.s3)
-        markers = MarkerWriter(s3=settings.s3, client=s3)
-        try:
-            yield BridgeState(
-                settings=settings,
-                client=client,
-                hub=hub,
-                users=UserStore(settings.users_file),
-                s3=s3,
-                markers=markers,
-                metrics=metrics,
-                tokens=AccessTokens(settings.bridge),
-            )
-        finally:
-            await markers.drain(timeout_s=MARKER_DRAIN_S)
-            await hub.close()
+    try:
+        async with SdqueueClient(settings, subject="sdqueue-bridge") as client:
+            await hub.start(settings.broker, queue_name=f"{HUB_QUEUE_PREFIX}{uuid.uuid4().hex}")
+            try:
+                yield BridgeState(
+                    settings=settings,
+                    database=database,
+                    client=client,
+                    hub=hub,
+                    accounts=accounts,
+                    jobs=JobStore(database),
+                    s3=make_s3_client(settings.s3),
+                    metrics=metrics,
+                    streams=StreamSlots(per_user=settings.bridge.max_streams_per_user),
+                )
+            finally:
+                await hub.close()
+    finally:
+        accounts.close()
+        await database.close()
+
+
+async def open_checked_database(settings: Settings) -> Database:
+    """The bridge's database, at the schema this code knows.
+
+    Raises:
+        BridgeConfigError: the schema is another (or none): the message says to run `sdqueue bridge db upgrade`;
+            or the database cannot be reached.
+    """
+    try:
+        return await open_database(database_url(settings), timeout_s=settings.bridge.database_timeout_s)
+    except (SchemaMismatch, DatabaseUnavailable) as exc:
+        raise BridgeConfigError(str(exc)) from exc
+
+
+async def check_database(settings: Settings) -> None:
+    """Open and close the database once, so a bridge on the wrong schema stops before it serves.
+
+    Raises:
+        BridgeConfigError: as `open_checked_database`.
+    """
+    database = await open_checked_database(settings)
+    await database.close()
 
 
 def state_of(request: Request) -> BridgeState:

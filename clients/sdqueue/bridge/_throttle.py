@@ -31,9 +31,13 @@ async def record(db: Database, keys: Sequence[Key], *, at: datetime) -> None:
         session.add_all(SignInFailure(scope=scope, key=key[:MAX_KEY_CHARS], at=at) for scope, key in keys)
 
 
-def lockout_s(failures: int, *, bridge: BridgeSettings) -> float:
-    """The lockout after `failures` failures in the window: none while free, then doubling up to the cap."""
-    over = failures - bridge.sign_in_free_failures
+def lockout_s(failures: int, *, scope: str, bridge: BridgeSettings) -> float:
+    """The lockout after `failures` failures of a key in the window: none while free, then doubling up to the cap.
+
+    An address gets more free failures than a name: many people may share it behind a NAT.
+    """
+    free = bridge.sign_in_free_failures_per_address if scope == ADDRESS_SCOPE else bridge.sign_in_free_failures
+    over = failures - free
     if over <= 0:
         return 0.0
     doubled = bridge.sign_in_backoff_s * 2 ** min(over - 1, MAX_DOUBLINGS)
@@ -51,7 +55,7 @@ async def sign_in_wait_s(db: Database, keys: Sequence[Key], *, now: datetime, br
             )
             count, latest = (await session.execute(statement)).one()
             if latest is not None:
-                wait_s = max(wait_s, lockout_s(count, bridge=bridge) - (now - latest).total_seconds())
+                wait_s = max(wait_s, lockout_s(count, scope=scope, bridge=bridge) - (now - latest).total_seconds())
     return wait_s
 
 

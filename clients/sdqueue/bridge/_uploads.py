@@ -6,8 +6,8 @@ import asyncio
 import io
 import warnings
 
-from fastapi import UploadFile
 from PIL import Image, UnidentifiedImageError
+from starlette.datastructures import UploadFile
 
 from sdqueue.bridge._errors import BridgeError
 from sdqueue.contracts import ErrorCode

@@ -384,7 +384,7 @@ def _bridge_db_upgrade(_: argparse.Namespace) -> int:
 
 
 def _users_add(args: argparse.Namespace) -> int:
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else _ask_password()
+    password = _new_password(args)
 
     async def add(accounts: Accounts) -> str:
         await accounts.add(args.name, password)
@@ -394,7 +394,7 @@ def _users_add(args: argparse.Namespace) -> int:
 
 
 def _users_password(args: argparse.Namespace) -> int:
-    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else _ask_password()
+    password = _new_password(args)
 
     async def change(accounts: Accounts) -> str:
         await accounts.set_password(args.name, password)
@@ -403,7 +403,10 @@ def _users_password(args: argparse.Namespace) -> int:
     return asyncio.run(_with_accounts(change))
 
 
-def _ask_password() -> str:
+def _new_password(args: argparse.Namespace) -> str:
+    """The password from standard input (`--password-stdin`), or asked for twice at the terminal."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
     password = getpass.getpass("password: ")
     if password != getpass.getpass("again: "):
         raise ClientError("the passwords differ")

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
 import aio_pika
+import aiormq
 import httpx
 from aio_pika.abc import (
     AbstractChannel,
@@ -265,6 +266,10 @@ class SdqueueClient:
             self._s3, s3=self._settings.s3, job_id=job_id, data=data, extension=extension
         )
 
+    async def delete_init_image(self, reference: InitImageKey) -> None:
+        """Remove an uploaded init image whose job was not queued after all (best effort)."""
+        await storage.delete_init_image(self._s3, s3=self._settings.s3, reference=reference)
+
     async def wait_for_workers(self, model: str, *, timeout_s: float = 60.0, minimum: int = 1) -> int:
         """Wait until at least `minimum` workers consume the model's queue; returns the consumer count.
 
@@ -299,18 +304,32 @@ class SdqueueClient:
             await asyncio.sleep(listen_s)
         return sorted(latest.values(), key=lambda heartbeat: heartbeat.worker)
 
+    async def is_routable(self, model: str) -> bool:
+        """Whether a request for `model` would be routed now: its queue exists (a worker declared it).
+
+        Raises:
+            BrokerUnavailable: the broker did not answer.
+        """
+        try:
+            return await self._queue_state(requests_queue(model)) is not None
+        except (AMQPError, ChannelInvalidStateError, OSError) as exc:
+            raise BrokerUnavailable("could not ask the broker about the model's queue") from exc
+
     async def _consumer_count(self, queue_name: str) -> int:
-        """Inspect a worker queue without declaring it: a passive declare on a throwaway channel."""
+        state = await self._queue_state(queue_name)
+        return 0 if state is None else int(state.consumer_count or 0)
+
+    async def _queue_state(self, queue_name: str) -> aiormq.spec.Queue.DeclareOk | None:
+        """Inspect a queue without declaring it (None if it is absent): a passive declare on a throwaway channel."""
         connection = _require(self._connection)
         channel = await connection.channel()
         try:
             queue = await channel.declare_queue(queue_name, passive=True)
         except ChannelNotFoundEntity:
-            return 0
+            return None
         else:
-            result = queue.declaration_result
             await channel.close()
-            return int(result.consumer_count or 0)
+            return queue.declaration_result
 
     async def _watch(self, job_id: str) -> asyncio.Queue[JobEvent]:
         """Start receiving a job's events; for a job this client did not submit, bind to its routing keys."""

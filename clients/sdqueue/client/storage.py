@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from typing import TYPE_CHECKING
 
 import httpx
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
+from pydantic import ValidationError
 
 from sdqueue.client.errors import StorageUnavailable
 from sdqueue.config import S3Settings
@@ -18,6 +20,9 @@ from sdqueue.contracts.topology import input_key, record_key
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 1024 * 1024
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 INIT_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
 
@@ -39,22 +44,43 @@ async def upload_init_image(
     return InitImageKey(key=key)
 
 
+async def delete_init_image(client: S3Client, *, s3: S3Settings, reference: InitImageKey) -> None:
+    """Remove an init image whose job was never queued; a failure is logged, not raised (it is only litter)."""
+    try:
+        await asyncio.to_thread(client.delete_object, Bucket=s3.bucket, Key=reference.key)
+    except (BotoCoreError, BotoClientError):
+        log.warning("could not remove the init image %s of a job that was not queued", reference.key)
+
+
 async def read_record(client: S3Client, *, s3: S3Settings, job_id: str) -> TerminalEvent | None:
-    """Return the job's result record (its terminal event), or None if it has not finished.
+    """Return the job's result record (its terminal event), or None while it has none that holds.
+
+    A record that is too large, not a terminal event or about another job is ignored, as if absent (logged).
 
     Raises:
         StorageUnavailable: the bucket could not be read.
     """
     try:
         response = await asyncio.to_thread(client.get_object, Bucket=s3.bucket, Key=record_key(job_id))
-        body = await asyncio.to_thread(response["Body"].read)
+        body = await asyncio.to_thread(response["Body"].read, MAX_RECORD_BYTES + 1)
     except BotoClientError as exc:
         if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
             return None
         raise StorageUnavailable("could not read the job's record") from exc
     except BotoCoreError as exc:
         raise StorageUnavailable("could not read the job's record") from exc
-    return parse_terminal_event(body)
+    return _valid_record(body, job_id=job_id)
+
+
+def _valid_record(body: bytes, *, job_id: str) -> TerminalEvent | None:
+    try:
+        record = parse_terminal_event(body) if len(body) <= MAX_RECORD_BYTES else None
+    except ValidationError:
+        record = None
+    if record is None or record.job_id != job_id:
+        log.warning("job %s: ignoring a result record that does not hold", job_id)
+        return None
+    return record
 
 
 async def fetch_image(http: httpx.AsyncClient, image: ImageInfo) -> bytes:

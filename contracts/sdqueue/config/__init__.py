@@ -1,6 +1,6 @@
 """Configuration for every sdqueue process: one pydantic-settings object, read once from `SDQUEUE_*`."""
 
-from sdqueue.config.s3 import make_s3_client
+from sdqueue.config.s3 import make_s3_client, object_url
 from sdqueue.config.settings import (
     AuthSettings,
     BatchSettings,
@@ -35,5 +35,6 @@ __all__ = [
     "child_environment",
     "load_settings",
     "make_s3_client",
+    "object_url",
     "to_environment",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
@@ -31,3 +32,14 @@ def make_s3_client(s3: S3Settings) -> S3Client:
         aws_secret_access_key=secret,
         config=config,
     )
+
+
+def object_url(client: S3Client, *, s3: S3Settings, key: str) -> str:
+    """A URL for `key`: the public base URL plus the key when configured, else a GET URL presigned now.
+
+    Raises:
+        botocore.exceptions.BotoCoreError: the client cannot sign (no credentials).
+    """
+    if s3.public_base_url:
+        return f"{s3.public_base_url.rstrip('/')}/{quote(key, safe='/')}"
+    return client.generate_presigned_url("get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=s3.url_ttl_s)

@@ -220,16 +220,13 @@ class BridgeSettings(_Group):
     port: Annotated[int, Field(ge=0, le=65535)] = Field(default=8000, description="Port the bridge listens on.")
     processes: Annotated[int, Field(ge=1, le=64)] = Field(
         default=1,
-        description="Processes serving the bridge on its one port, each with a listening socket of its own "
-        "(SO_REUSEPORT: the kernel spreads connections evenly), broker connection and event stream. A burst of "
-        "accepts is CPU-bound in one process: use about one per core the bridge may take. Above 1, `/metrics` sums "
-        "all processes (Prometheus multiprocess mode).",
+        description="uvicorn worker processes serving the bridge's port. Above 1, `/metrics` sums every process "
+        "(Prometheus multiprocess mode) and the database must be one they share (PostgreSQL for several hosts).",
     )
-    marker_wait_s: Annotated[float, Field(ge=0)] = Field(
-        default=5.0,
-        description="How long after a job was accepted a read of it waits for its marker when this process "
-        "holds none: another process or replica may have accepted it and stores the marker a moment later. "
-        "0 answers 404 at once (one process, no replicas).",
+    shutdown_timeout_s: PositiveFloat = Field(
+        default=10.0,
+        description="At shutdown, how long open requests and event streams may take before they are cut "
+        "(uvicorn's `timeout_graceful_shutdown`).",
     )
     token_secret: SecretStr | None = Field(
         default=None,
@@ -253,8 +250,13 @@ class BridgeSettings(_Group):
     )
     sign_in_free_failures: Annotated[int, Field(ge=0)] = Field(
         default=5,
-        description="Failed sign-ins per user name, and per client address, within `sign_in_window_s` before "
-        "further attempts are locked out (`429` with `Retry-After`).",
+        description="Failed sign-ins per user name within `sign_in_window_s` before further attempts are locked "
+        "out (`429` with `Retry-After`), the lockout doubling with each failure.",
+    )
+    sign_in_free_failures_per_address: Annotated[int, Field(ge=0)] = Field(
+        default=20,
+        description="Failed sign-ins per client address (any user names) within `sign_in_window_s` before each "
+        "further failure from it locks the address out, as `sign_in_free_failures` does for a name.",
     )
     sign_in_window_s: PositiveInt = Field(default=900, description="How long a failed sign-in counts.")
     sign_in_backoff_s: PositiveFloat = Field(
@@ -270,6 +272,13 @@ class BridgeSettings(_Group):
     allow_signup: bool = Field(default=False, description="Let anyone create a user with `POST /registrar_usuario`.")
     min_password_length: PositiveInt = Field(default=8, description="Shortest password sign-up accepts.")
     max_upload_bytes: PositiveInt = Field(default=8 * 1024 * 1024, description="Largest init image upload.")
+    max_body_bytes: PositiveInt = Field(
+        default=64 * 1024,
+        description="Largest JSON or form body of a route that takes no image, counted as it streams.",
+    )
+    max_streams_per_user: PositiveInt = Field(
+        default=4, description="Event streams and waits one user may hold open at once, per bridge process."
+    )
     max_wait_s: PositiveFloat = Field(default=300.0, description="Longest a `wait` or compatibility call blocks.")
     job_wait_ttl_s: PositiveInt = Field(
         default=3600, description="`exp` of the per-message tokens the bridge mints: how long a job may stay queued."

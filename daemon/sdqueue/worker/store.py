@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import quote
 
 from boto3.exceptions import Boto3Error
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from sdqueue.config.s3 import object_url as bucket_object_url
 from sdqueue.config.settings import S3Settings
 from sdqueue.worker.errors import StorageError
 
@@ -136,12 +136,8 @@ def object_url(client: S3Client, *, s3: S3Settings, key: str) -> str:
     Raises:
         StorageError: the client cannot sign, for instance because it has no credentials.
     """
-    if s3.public_base_url:
-        return f"{s3.public_base_url.rstrip('/')}/{quote(key, safe='/')}"
     with _translated("signing"):
-        return client.generate_presigned_url(
-            "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=s3.url_ttl_s
-        )
+        return bucket_object_url(client, s3=s3, key=key)
 
 
 async def check_bucket(client: S3Client, *, bucket: str) -> None:

@@ -1,0 +1,162 @@
+"use strict";
+// Progress comes from GET /v1/jobs/{id}/events read with fetch() and a stream reader, because EventSource cannot
+// send the Authorization header and the bridge never accepts tokens in URLs.
+let token = null;
+let currentJob = null;
+const $ = (id) => document.getElementById(id);
+
+async function api(path, options = {}) {
+  const headers = Object.assign({}, options.headers || {}, token ? { Authorization: "Bearer " + token } : {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (!response.ok) {
+    let message = response.status + "";
+    try { const body = await response.json(); message = body.error.code + ": " + body.error.message; } catch (e) {}
+    throw new Error(message);
+  }
+  return response;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+$("signin-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new URLSearchParams({ username: $("username").value, password: $("password").value });
+  try {
+    const response = await api("/token", { method: "POST", body: form });
+    token = (await response.json()).access_token;
+    $("whoami").textContent = "signed in as " + $("username").value;
+    $("job-form").hidden = false;
+    $("history").hidden = false;
+    await loadHistory();
+  } catch (error) {
+    $("whoami").textContent = "sign-in failed: " + error.message;
+    $("whoami").className = "error";
+  }
+});
+
+function numberOrNull(id) { const value = $(id).value; return value === "" ? null : Number(value); }
+
+async function submitJob() {
+  const params = {
+    prompt: $("prompt").value, negative_prompt: $("negative").value,
+    width: numberOrNull("width"), height: numberOrNull("height"), steps: numberOrNull("steps"),
+    guidance_scale: numberOrNull("guidance"), seed: numberOrNull("seed"),
+  };
+  const init = $("init").files[0];
+  if (!init) {
+    return api("/v1/txt2img", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params),
+    });
+  }
+  const form = new FormData();
+  for (const [key, value] of Object.entries(params)) { if (value !== null) form.append(key, value); }
+  form.append("strength", $("strength").value);
+  form.append("image", init);
+  return api("/v1/img2img", { method: "POST", body: form });
+}
+
+$("job-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("run").hidden = false;
+  $("result").innerHTML = "";
+  $("progress").value = 0;
+  try {
+    const accepted = await (await submitJob()).json();
+    currentJob = accepted.job_id;
+    $("cancel").hidden = false;
+    setStatus("queued " + currentJob);
+    await follow(currentJob);
+  } catch (error) {
+    setStatus(error.message, true);
+  } finally {
+    $("cancel").hidden = true;
+    await loadHistory();
+  }
+});
+
+$("cancel").addEventListener("click", async () => {
+  if (!currentJob) return;
+  try { await api("/v1/jobs/" + currentJob + "/cancel", { method: "POST" }); setStatus("cancelling…"); }
+  catch (error) { setStatus(error.message, true); }
+});
+
+async function follow(jobId) {
+  const response = await api("/v1/jobs/" + jobId + "/events");
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = frame.split("\n").filter((line) => line.startsWith("data:")).map((l) => l.slice(5)).join("\n");
+      if (data) onEvent(JSON.parse(data));
+    }
+  }
+}
+
+function onEvent(event) {
+  if (event.type === "started") setStatus("running");
+  if (event.type === "progress") {
+    // Attributes rather than properties, so observers (and the browser test) see each step.
+    $("progress").setAttribute("max", event.steps);
+    $("progress").setAttribute("value", event.step);
+    setStatus("step " + event.step + " / " + event.steps);
+  }
+  if (event.type === "succeeded") showResult(event);
+  if (event.type === "failed" || event.type === "cancelled") setStatus(event.type + ": " + event.error.message, true);
+}
+
+// Image URLs come from the bridge, signed from the record's keys; anything but http(s) is never linked.
+function safeUrl(url) { return /^https?:\/\//i.test(url) ? url : "about:blank"; }
+
+function showResult(event) {
+  $("progress").value = $("progress").max;
+  setStatus("done in " + (event.timings.total || 0).toFixed(2) + " s");
+  const result = $("result");
+  result.innerHTML = "";
+  for (const image of event.images) {
+    const figure = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = safeUrl(image.url);
+    img.alt = "generated image " + image.index;
+    img.id = "image-" + image.index;
+    const caption = document.createElement("figcaption");
+    caption.append("seed " + image.seed + " · " + image.width + "×" + image.height + " · ");
+    const link = document.createElement("a");
+    link.href = safeUrl(image.url);
+    link.download = event.job_id + "-" + image.index;
+    link.textContent = "download";
+    link.className = "download";
+    caption.append(link);
+    figure.append(img, caption);
+    result.append(figure);
+  }
+}
+
+async function loadHistory() {
+  try {
+    const list = await (await api("/v1/jobs?limit=10")).json();
+    const items = list.jobs.map((job) => {
+      const li = document.createElement("li");
+      li.textContent = job.created_at.slice(0, 19).replace("T", " ") + " · " + job.status + " · " + job.prompt;
+      const images = job.result && job.result.images ? job.result.images : [];
+      for (const image of images) {
+        const link = document.createElement("a");
+        link.href = safeUrl(image.url);
+        link.textContent = " [image " + image.index + ", seed " + image.seed + "]";
+        li.append(link);
+      }
+      return li;
+    });
+    $("jobs").replaceChildren(...items);
+  } catch (error) {
+    $("jobs").replaceChildren(Object.assign(document.createElement("li"), { textContent: error.message }));
+  }
+}
