@@ -400,6 +400,29 @@ async def test_a_lost_postgresql_database_is_unavailable(postgres_cluster: Postg
         await db.close()
 
 
+async def test_the_pool_recovers_when_postgresql_ends_its_connections(postgres_cluster: PostgresCluster):
+    url = await postgres_cluster.create_database()
+    await asyncio.to_thread(upgrade_database, url)
+    db = await open_database(url)
+    accounts = Accounts(db, bridge=THROTTLED)
+    try:
+        alice = await accounts.add("alice", "alice-password")
+        await postgres_cluster.disconnect_all(url)
+        outcomes: list[object] = []
+        for _ in range(3):
+            try:
+                outcomes.append(await accounts.current(alice.user_id, token_generation=0))
+            except DatabaseUnavailable:
+                outcomes.append("unavailable")
+    finally:
+        accounts.close()
+        await db.close()
+        await postgres_cluster.drop_database(url)
+
+    assert outcomes.count("unavailable") <= 1  # the first statement on a dead connection at most
+    assert outcomes[-1] == alice
+
+
 def _schema_differences(connection: Connection) -> list[object]:
     return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
 

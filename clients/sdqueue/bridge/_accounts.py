@@ -162,11 +162,13 @@ class Accounts:
 
     async def current(self, user_id: str, *, token_generation: int) -> Account | None:
         """The account a token names, or None if the user was removed or its tokens retired since."""
+        # Checked on every request: one Core select, no ORM object.
+        statement = select(User.name).where(
+            User.id == user_id, User.token_generation == token_generation, User.removed_at.is_(None)
+        )
         async with self._db.reading() as session:
-            user = await session.get(User, user_id)
-        if user is None or user.removed_at is not None or user.token_generation != token_generation:
-            return None
-        return Account(user_id=user.id, name=user.name, token_generation=user.token_generation)
+            name = await session.scalar(statement)
+        return None if name is None else Account(user_id=user_id, name=name, token_generation=token_generation)
 
     def close(self) -> None:
         """Stop the hashing threads (waiting for any hash under way)."""

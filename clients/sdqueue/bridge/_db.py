@@ -245,7 +245,9 @@ def create_engine(url: str, *, timeout_s: float) -> AsyncEngine:
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
         connect_args = {"timeout": timeout_s, "command_timeout": timeout_s}
-    return create_async_engine(url, connect_args=connect_args, pool_timeout=timeout_s, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per checkout. After a database restart, the first statement on a dead
+    # connection fails (DatabaseUnavailable, one 503) and the pool drops every connection older than it.
+    return create_async_engine(url, connect_args=connect_args, pool_timeout=timeout_s)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
