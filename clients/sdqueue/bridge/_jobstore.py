@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from sdqueue.bridge._db import Database, Job
 
@@ -27,7 +27,7 @@ class JobRow:
 
 
 class JobStore:
-    """Jobs in the bridge's database.
+    """Jobs in the bridge's database; reads are Core selects (a job read or history is on every poll).
 
     Every method raises DatabaseUnavailable (from `sdqueue.bridge._db`) when the database is lost, locked or too slow.
     """
@@ -38,21 +38,25 @@ class JobStore:
     async def add(self, row: JobRow) -> None:
         """Remember an accepted job (its owner must exist)."""
         async with self._db.writing() as session:
-            session.add(Job(**_fields(row)))
+            await session.execute(insert(Job).values(**asdict(row)))
 
     async def get(self, job_id: str, *, owner_id: str) -> JobRow | None:
         """The job if it exists and belongs to `owner_id`, else None (another's job reads as missing)."""
+        statement = select(*_COLUMNS).where(Job.job_id == job_id, Job.owner_id == owner_id)
         async with self._db.reading() as session:
-            job = await session.scalar(select(Job).where(Job.job_id == job_id, Job.owner_id == owner_id))
-        return None if job is None else _row(job)
+            found = (await session.execute(statement)).one_or_none()
+        return None if found is None else JobRow(**found._asdict())
 
     async def recent(self, owner_id: str, *, limit: int) -> list[JobRow]:
         """The owner's newest `limit` jobs, newest first."""
         statement = (
-            select(Job).where(Job.owner_id == owner_id).order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit)
+            select(*_COLUMNS)
+            .where(Job.owner_id == owner_id)
+            .order_by(Job.created_at.desc(), Job.job_id.desc())
+            .limit(limit)
         )
         async with self._db.reading() as session:
-            return [_row(job) for job in await session.scalars(statement)]
+            return [JobRow(**found._asdict()) for found in await session.execute(statement)]
 
     async def set_status(self, job_id: str, status: str) -> None:
         """Record a job's latest known status (no-op for an unknown job)."""
@@ -65,31 +69,5 @@ class JobStore:
             await session.execute(delete(Job).where(Job.job_id == job_id))
 
 
-def _fields(row: JobRow) -> dict[str, object]:
-    return {
-        "job_id": row.job_id,
-        "owner_id": row.owner_id,
-        "created_at": row.created_at,
-        "mode": row.mode,
-        "model": row.model,
-        "prompt": row.prompt,
-        "width": row.width,
-        "height": row.height,
-        "steps": row.steps,
-        "status": row.status,
-    }
-
-
-def _row(job: Job) -> JobRow:
-    return JobRow(
-        job_id=job.job_id,
-        owner_id=job.owner_id,
-        created_at=job.created_at,
-        mode=job.mode,
-        model=job.model,
-        prompt=job.prompt,
-        width=job.width,
-        height=job.height,
-        steps=job.steps,
-        status=job.status,
-    )
+# The table's columns in JobRow's order and names.
+_COLUMNS = tuple(getattr(Job, field.name) for field in fields(JobRow))
