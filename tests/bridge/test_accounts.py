@@ -330,6 +330,16 @@ async def test_an_unknown_revision_is_refused(database_url: str):
         await open_database(database_url)
 
 
+async def test_concurrent_upgrades_of_one_postgresql_database_both_succeed(postgres_cluster: PostgresCluster):
+    url = await postgres_cluster.create_database()
+    try:
+        await asyncio.gather(*(asyncio.to_thread(upgrade_database, url) for _ in range(3)))
+        database = await open_database(url)
+        await database.close()
+    finally:
+        await postgres_cluster.drop_database(url)
+
+
 async def test_upgrade_is_idempotent(database_url: str):
     await asyncio.to_thread(upgrade_database, database_url)
 

@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, event
+from sqlalchemy import Connection, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -31,6 +31,7 @@ from sdqueue.config import Settings
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 DEFAULT_TIMEOUT_S = 10.0
 UPGRADE_HINT = "run `sdqueue bridge db upgrade`"
+UPGRADE_LOCK_KEY = 0x73_64_71_75  # "sdqu": the PostgreSQL advisory lock that serialises upgrades
 
 
 class SchemaMismatch(Exception):
@@ -299,6 +300,9 @@ async def _upgrade(url: str, *, timeout_s: float) -> None:
 
 
 def _upgrade_on(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Replicas started together may each run the upgrade: one migrates while the others wait, then find it done.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
     config = _alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
