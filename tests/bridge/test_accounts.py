@@ -17,8 +17,9 @@ import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from argon2 import PasswordHasher
 from fastapi import FastAPI
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, select, text, update
 
 from sdqueue.bridge._accounts import (
     AccountError,
@@ -34,6 +35,7 @@ from sdqueue.bridge._db import (
     DatabaseUnavailable,
     SchemaMismatch,
     SignInFailure,
+    User,
     head_revision,
     open_database,
     upgrade_database,
@@ -251,6 +253,23 @@ async def test_a_password_change_or_removal_retires_tokens(accounts: Accounts):
     assert await accounts.current(alice.user_id, token_generation=1) is None
     assert await accounts.current(alice.user_id, token_generation=2) is None
     assert await accounts.current("0" * 32, token_generation=0) is None
+
+
+async def test_a_hash_under_old_parameters_is_renewed_at_sign_in(accounts: Accounts, db: Database):
+    alice = await accounts.add("alice", "alice-password")
+    weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash("alice-password")
+    async with db.writing() as session:
+        await session.execute(update(User).where(User.id == alice.user_id).values(password_hash=weak))
+
+    signed_in = await accounts.sign_in("alice", "alice-password", address="10.0.5.1")
+
+    async with db.reading() as session:
+        stored = await session.scalar(select(User.password_hash).where(User.id == alice.user_id))
+    assert stored is not None
+    assert stored != weak
+    assert not PasswordHasher().check_needs_rehash(stored)
+    assert signed_in == alice  # same password, same tokens
+    assert await accounts.sign_in("alice", "alice-password", address="10.0.5.1") == alice
 
 
 def _job(job_id: str, *, owner_id: str, created_at: datetime) -> JobRow:

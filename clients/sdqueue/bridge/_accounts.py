@@ -158,6 +158,8 @@ class Accounts:
                 await self._prune_if_due()
                 raise WrongCredentials("wrong user name or password")
         await clear(self._db, (USER_SCOPE, name))
+        if self._hasher.check_needs_rehash(user.password_hash):
+            await self._rehash(user, password)
         return Account(user_id=user.id, name=user.name, token_generation=user.token_generation)
 
     async def current(self, user_id: str, *, token_generation: int) -> Account | None:
@@ -173,6 +175,17 @@ class Accounts:
     def close(self) -> None:
         """Stop the hashing threads (waiting for any hash under way)."""
         self._executor.shutdown(wait=True)
+
+    async def _rehash(self, user: User, password: str) -> None:
+        """Store the password under the current argon2 parameters (tokens stay valid: the password is the same)."""
+        password_hash = await self._hash(password)
+        statement = (
+            update(User)
+            .where(User.id == user.id, User.password_hash == user.password_hash)
+            .values(password_hash=password_hash)
+        )
+        async with self._db.writing() as session:
+            await session.execute(statement)
 
     async def _check_signups(self, address: str) -> None:
         wait_s = await signup_wait_s(self._db, address, now=self._clock(), bridge=self._bridge)
