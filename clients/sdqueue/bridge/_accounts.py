@@ -213,8 +213,9 @@ class Accounts:
 
     async def _verify(self, password_hash: str | None, password: str) -> bool:
         """Verify against the hash, or against a dummy one so an unknown name costs the same time."""
-        if password_hash is None:
-            password_hash = await self._dummy()
+        # Made on the process's first sign-in whatever the name, so that its cost tells nothing either.
+        dummy_hash = await self._dummy()
+        password_hash = dummy_hash if password_hash is None else password_hash
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._matches, password_hash, password)
 
