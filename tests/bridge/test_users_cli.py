@@ -3,14 +3,16 @@ callers in with, on SQLite (the default, under the state directory) and on Postg
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from pydantic import SecretStr
 
-from sdqueue.bridge import Accounts, WrongCredentials, head_revision, open_database
+from sdqueue.bridge import Accounts, WrongCredentials, database_url, head_revision, open_database
 from sdqueue.config import BridgeSettings, Settings
 from sdqueue.devstack.stack import worker_environment
 
@@ -81,6 +83,33 @@ def test_sqlite_under_the_state_dir_is_the_default(tmp_path: Path):
     assert added.returncode == 0, added.stderr
     assert (tmp_path / "state" / "bridge.db").is_file()
     assert b"dave-password" not in (tmp_path / "state" / "bridge.db").read_bytes()
+
+
+async def test_users_import_copies_an_earlier_json_store(tmp_path: Path):
+    settings = Settings(state_dir=tmp_path)
+    store = tmp_path / "users.json"
+    hashes = {name: PasswordHasher().hash(f"{name}-password") for name in ("erin", "frank")}
+    users = {name: {"hash": hashed, "created": "2026-01-02T03:04:05+00:00"} for name, hashed in hashes.items()}
+    store.write_text(json.dumps({"users": users}))
+    assert _sdqueue(settings, "bridge", "db", "upgrade").returncode == 0
+
+    first = _sdqueue(settings, "users", "import", str(store))
+    again = _sdqueue(settings, "users", "import", str(store))
+    broken = _sdqueue(settings, "users", "import", str(tmp_path / "missing.json"))
+
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "imported 2 of 2 users: erin, frank"
+    assert again.stdout.strip() == "imported 0 of 2 users"
+    assert broken.returncode == 1
+    assert "not a JSON user store" in broken.stderr
+    db = await open_database(database_url(settings))
+    accounts = Accounts(db, bridge=settings.bridge)
+    try:
+        assert (await accounts.sign_in("erin", "erin-password", address="127.0.0.1")).name == "erin"
+        assert await accounts.names() == ["erin", "frank"]
+    finally:
+        accounts.close()
+        await db.close()
 
 
 def test_an_unreachable_database_is_reported(tmp_path: Path):

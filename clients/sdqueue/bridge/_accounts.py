@@ -115,6 +115,20 @@ class Accounts:
             await self._insert(user, signup=signup)
         return Account(user_id=user.id, name=name, token_generation=0)
 
+    async def import_hash(self, name: str, password_hash: str, *, created_at: datetime) -> Account:
+        """Create a user from an argon2 hash made elsewhere (the JSON user store of earlier versions).
+
+        Raises:
+            UserExists: the name is taken or was used before.
+            AccountError: the name is not acceptable, or the hash is not argon2.
+        """
+        check_username(name)
+        if not password_hash.startswith("$argon2"):
+            raise AccountError(f"the hash of {name!r} is not an argon2 hash")
+        user = User(id=uuid.uuid4().hex, name=name, password_hash=password_hash, created_at=created_at)
+        await self._insert(user, signup=[])
+        return Account(user_id=user.id, name=name, token_generation=0)
+
     async def remove(self, name: str) -> None:
         """Mark a user removed (its name stays taken) and retire its tokens.
 

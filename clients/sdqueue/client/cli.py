@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import base64
 import getpass
+import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,6 +157,9 @@ def _add_bridge_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     remove.add_argument("name")
     remove.set_defaults(handler=_users_remove)
     users.add_parser("list", help="list the active user names").set_defaults(handler=_users_list)
+    imported = users.add_parser("import", help="copy users and their hashes from an earlier version's users.json")
+    imported.add_argument("path", type=Path, help="the JSON user store, e.g. .sdqueue/users.json")
+    imported.set_defaults(handler=_users_import)
 
 
 def _add_webhook_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -426,6 +431,39 @@ def _users_list(_: argparse.Namespace) -> int:
         return "\n".join(await accounts.names())
 
     return asyncio.run(_with_accounts(names))
+
+
+def _users_import(args: argparse.Namespace) -> int:
+    stored = _read_user_store(args.path)
+
+    async def copy(accounts: Accounts) -> str:
+        from sdqueue.bridge import UserExists
+
+        added = []
+        for name, password_hash, created_at in stored:
+            try:
+                await accounts.import_hash(name, password_hash, created_at=created_at)
+            except UserExists:
+                continue
+            added.append(name)
+        return f"imported {len(added)} of {len(stored)} users" + (f": {', '.join(added)}" if added else "")
+
+    return asyncio.run(_with_accounts(copy))
+
+
+def _read_user_store(path: Path) -> list[tuple[str, str, datetime]]:
+    """(name, hash, created) of each user in an earlier version's `{"users": {name: {"hash", "created"}}}`."""
+    try:
+        users = json.loads(path.read_text(encoding="utf-8"))["users"]
+        stored = [
+            (str(name), str(entry["hash"]), datetime.fromisoformat(entry["created"])) for name, entry in users.items()
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ClientError(f"{path} is not a JSON user store ({type(exc).__name__}: {exc})") from exc
+    # The store wrote UTC offsets; a bare time is taken as UTC.
+    return sorted(
+        (name, password_hash, created.replace(tzinfo=created.tzinfo or UTC)) for name, password_hash, created in stored
+    )
 
 
 async def _with_accounts(action: Callable[[Accounts], Awaitable[str]]) -> int:

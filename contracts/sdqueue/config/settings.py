@@ -233,9 +233,6 @@ class BridgeSettings(_Group):
         description="HMAC secret (at least 32 bytes) that signs bridge access tokens; not `auth.hs256_secret`.",
     )
     access_token_ttl_s: PositiveInt = Field(default=3600, description="Lifetime of a bridge access token.")
-    users_file: Path | None = Field(
-        default=None, description="JSON user store with password hashes; unset: `<state_dir>/users.json`."
-    )
     database_url: SecretStr | None = Field(
         default=None,
         description="SQLAlchemy URL of the bridge's database (users, jobs, failed sign-ins), e.g. "
@@ -417,11 +414,6 @@ class Settings(BaseSettings):
     def tiny_model_dir(self) -> Path:
         """Where the offline tiny model is built when no model is configured."""
         return self.state_dir / "models" / "tiny"
-
-    @property
-    def users_file(self) -> Path:
-        """The bridge's user store: `bridge.users_file`, or `<state_dir>/users.json`."""
-        return self.bridge.users_file or self.state_dir / "users.json"
 
     def model_sources(self) -> dict[str, str]:
         """Map each served alias to its source; with nothing configured, `default` is the tiny model."""
