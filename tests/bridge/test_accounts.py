@@ -4,17 +4,22 @@ generations, history by user id, and the schema check."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
 import pytest_asyncio
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, select, text
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+from sqlalchemy import Connection, select, text, update
 
 from sdqueue.bridge._accounts import (
     AccountError,
@@ -27,14 +32,18 @@ from sdqueue.bridge._accounts import (
 from sdqueue.bridge._db import (
     Base,
     Database,
+    DatabaseUnavailable,
     SchemaMismatch,
     SignInFailure,
+    User,
     head_revision,
     open_database,
     upgrade_database,
 )
+from sdqueue.bridge._errors import install_error_handlers
 from sdqueue.bridge._jobstore import JobRow, JobStore
 from sdqueue.config import BridgeSettings
+from tests.plugins.database import PostgresCluster
 
 START = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 THROTTLED = BridgeSettings(
@@ -246,6 +255,23 @@ async def test_a_password_change_or_removal_retires_tokens(accounts: Accounts):
     assert await accounts.current("0" * 32, token_generation=0) is None
 
 
+async def test_a_hash_under_old_parameters_is_renewed_at_sign_in(accounts: Accounts, db: Database):
+    alice = await accounts.add("alice", "alice-password")
+    weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash("alice-password")
+    async with db.writing() as session:
+        await session.execute(update(User).where(User.id == alice.user_id).values(password_hash=weak))
+
+    signed_in = await accounts.sign_in("alice", "alice-password", address="10.0.5.1")
+
+    async with db.reading() as session:
+        stored = await session.scalar(select(User.password_hash).where(User.id == alice.user_id))
+    assert stored is not None
+    assert stored != weak
+    assert not PasswordHasher().check_needs_rehash(stored)
+    assert signed_in == alice  # same password, same tokens
+    assert await accounts.sign_in("alice", "alice-password", address="10.0.5.1") == alice
+
+
 def _job(job_id: str, *, owner_id: str, created_at: datetime) -> JobRow:
     return JobRow(
         job_id=job_id,
@@ -323,11 +349,107 @@ async def test_an_unknown_revision_is_refused(database_url: str):
         await open_database(database_url)
 
 
+async def test_concurrent_upgrades_of_one_postgresql_database_both_succeed(postgres_cluster: PostgresCluster):
+    url = await postgres_cluster.create_database()
+    try:
+        await asyncio.gather(*(asyncio.to_thread(upgrade_database, url) for _ in range(3)))
+        database = await open_database(url)
+        await database.close()
+    finally:
+        await postgres_cluster.drop_database(url)
+
+
 async def test_upgrade_is_idempotent(database_url: str):
     await asyncio.to_thread(upgrade_database, database_url)
 
     database = await open_database(database_url)
     await database.close()
+
+
+async def test_a_locked_sqlite_database_is_unavailable(tmp_path: Path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/bridge.db"
+    await asyncio.to_thread(upgrade_database, url)
+    db = await open_database(url, timeout_s=0.2)
+    accounts = Accounts(db, bridge=THROTTLED)
+    await accounts.add("alice", "alice-password")
+    blocker = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(DatabaseUnavailable, match=r"^the bridge database is unavailable$") as caught:
+            await accounts.remove("alice")
+        assert "locked" in caught.value.detail
+        with pytest.raises(DatabaseUnavailable):
+            await JobStore(db).set_status("j1", "failed")
+    finally:
+        blocker.close()
+        accounts.close()
+        await db.close()
+
+
+async def test_an_unavailable_database_answers_503(tmp_path: Path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/bridge.db"
+    await asyncio.to_thread(upgrade_database, url)
+    db = await open_database(url, timeout_s=0.2)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/status")
+    async def set_status() -> dict[str, str]:
+        await JobStore(db).set_status("j1", "failed")
+        return {}
+
+    blocker = sqlite3.connect(tmp_path / "bridge.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bridge") as http:
+            response = await http.post("/status")
+    finally:
+        blocker.close()
+        await db.close()
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    assert "locked" not in response.text
+
+
+async def test_a_lost_postgresql_database_is_unavailable(postgres_cluster: PostgresCluster):
+    url = await postgres_cluster.create_database()
+    await asyncio.to_thread(upgrade_database, url)
+    db = await open_database(url, timeout_s=2.0)
+    accounts = Accounts(db, bridge=THROTTLED)
+    try:
+        alice = await accounts.add("alice", "alice-password")
+        await postgres_cluster.drop_database(url)
+        with pytest.raises(DatabaseUnavailable):
+            await accounts.current(alice.user_id, token_generation=0)
+        with pytest.raises(DatabaseUnavailable):
+            await JobStore(db).recent(alice.user_id, limit=5)
+    finally:
+        accounts.close()
+        await db.close()
+
+
+async def test_the_pool_recovers_when_postgresql_ends_its_connections(postgres_cluster: PostgresCluster):
+    url = await postgres_cluster.create_database()
+    await asyncio.to_thread(upgrade_database, url)
+    db = await open_database(url)
+    accounts = Accounts(db, bridge=THROTTLED)
+    try:
+        alice = await accounts.add("alice", "alice-password")
+        await postgres_cluster.disconnect_all(url)
+        outcomes: list[object] = []
+        for _ in range(3):
+            try:
+                outcomes.append(await accounts.current(alice.user_id, token_generation=0))
+            except DatabaseUnavailable:
+                outcomes.append("unavailable")
+    finally:
+        accounts.close()
+        await db.close()
+        await postgres_cluster.drop_database(url)
+
+    assert outcomes.count("unavailable") <= 1  # the first statement on a dead connection at most
+    assert outcomes[-1] == alice
 
 
 def _schema_differences(connection: Connection) -> list[object]:
@@ -346,6 +468,7 @@ import asyncio, sys
 from sdqueue.bridge._accounts import Account, Accounts, UserExists
 from sdqueue.bridge._db import open_database
 from sdqueue.config import BridgeSettings
+from tests.plugins.database import PostgresCluster
 
 async def main(url, prefix, count):
     db = await open_database(url)

@@ -51,12 +51,17 @@ class PostgresCluster:
     async def drop_database(self, url: str) -> None:
         """Drop a database `create_database` made, whoever is still connected to it."""
         name = url.rsplit("/", 1)[1]
-        await self._maintenance(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await self._maintenance(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    async def _maintenance(self, statement: str) -> None:
+    async def disconnect_all(self, url: str) -> None:
+        """End every connection to one database, as a server restart would."""
+        name = url.rsplit("/", 1)[1]
+        await self._maintenance("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+
+    async def _maintenance(self, statement: str, *arguments: str) -> None:
         connection = await asyncpg.connect(self.url("postgres", driver="postgresql"))
         try:
-            await connection.execute(statement)
+            await connection.execute(statement, *arguments)
         finally:
             await connection.close()
 

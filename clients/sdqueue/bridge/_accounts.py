@@ -75,7 +75,10 @@ class Throttled(AccountError):
 
 
 class Accounts:
-    """Users and their sign-ins, in the database; owns the thread pool argon2 runs in."""
+    """Users and their sign-ins, in the database; owns the thread pool argon2 runs in.
+
+    Every method raises DatabaseUnavailable (from `sdqueue.bridge._db`) when the database is lost, locked or too slow.
+    """
 
     def __init__(self, db: Database, *, bridge: BridgeSettings, clock: Callable[[], datetime] = utc_now) -> None:
         self._db = db
@@ -104,8 +107,8 @@ class Accounts:
             if address is not None:
                 await self._check_signups(address)
             if await self._name_taken(name):
-                # Counted too: sign-up cannot probe names unthrottled.
-                await record(self._db.sessions, signup, at=self._clock())
+                if signup:  # counted too: sign-up cannot probe names unthrottled
+                    await record(self._db, signup, at=self._clock())
                 raise UserExists(f"user {name!r} exists")
             password_hash = await self._hash(password)
             user = User(id=uuid.uuid4().hex, name=name, password_hash=password_hash, created_at=self._clock())
@@ -132,7 +135,7 @@ class Accounts:
 
     async def names(self) -> list[str]:
         """The active users' names, sorted."""
-        async with self._db.sessions() as session:
+        async with self._db.reading() as session:
             rows = await session.scalars(select(User.name).where(User.removed_at.is_(None)))
             return sorted(rows)
 
@@ -147,37 +150,52 @@ class Accounts:
         keys: list[Key] = [(ADDRESS_SCOPE, address)] + ([(USER_SCOPE, name)] if is_valid_name else [])
         user = await self._active_user(name) if is_valid_name else None
         async with self._hash_slots:
-            wait_s = await sign_in_wait_s(self._db.sessions, keys, now=self._clock(), bridge=self._bridge)
+            wait_s = await sign_in_wait_s(self._db, keys, now=self._clock(), bridge=self._bridge)
             if wait_s > 0:
                 raise Throttled("too many failed sign-ins; try again later", retry_after_s=math.ceil(wait_s))
             if not await self._verify(None if user is None else user.password_hash, password) or user is None:
-                await record(self._db.sessions, keys, at=self._clock())
+                await record(self._db, keys, at=self._clock())
                 await self._prune_if_due()
                 raise WrongCredentials("wrong user name or password")
-        await clear(self._db.sessions, (USER_SCOPE, name))
+        await clear(self._db, (USER_SCOPE, name))
+        if self._hasher.check_needs_rehash(user.password_hash):
+            await self._rehash(user, password)
         return Account(user_id=user.id, name=user.name, token_generation=user.token_generation)
 
     async def current(self, user_id: str, *, token_generation: int) -> Account | None:
         """The account a token names, or None if the user was removed or its tokens retired since."""
-        async with self._db.sessions() as session:
-            user = await session.get(User, user_id)
-        if user is None or user.removed_at is not None or user.token_generation != token_generation:
-            return None
-        return Account(user_id=user.id, name=user.name, token_generation=user.token_generation)
+        # Checked on every request: one Core select, no ORM object.
+        statement = select(User.name).where(
+            User.id == user_id, User.token_generation == token_generation, User.removed_at.is_(None)
+        )
+        async with self._db.reading() as session:
+            name = await session.scalar(statement)
+        return None if name is None else Account(user_id=user_id, name=name, token_generation=token_generation)
 
     def close(self) -> None:
         """Stop the hashing threads (waiting for any hash under way)."""
         self._executor.shutdown(wait=True)
 
+    async def _rehash(self, user: User, password: str) -> None:
+        """Store the password under the current argon2 parameters (tokens stay valid: the password is the same)."""
+        password_hash = await self._hash(password)
+        statement = (
+            update(User)
+            .where(User.id == user.id, User.password_hash == user.password_hash)
+            .values(password_hash=password_hash)
+        )
+        async with self._db.writing() as session:
+            await session.execute(statement)
+
     async def _check_signups(self, address: str) -> None:
-        wait_s = await signup_wait_s(self._db.sessions, address, now=self._clock(), bridge=self._bridge)
+        wait_s = await signup_wait_s(self._db, address, now=self._clock(), bridge=self._bridge)
         if wait_s > 0:
             raise Throttled("too many sign-ups from this address; try again later", retry_after_s=math.ceil(wait_s))
 
     async def _insert(self, user: User, *, signup: list[Key]) -> None:
         """Store a new user, and its sign-up's row in the same transaction."""
         try:
-            async with self._db.sessions.begin() as session:
+            async with self._db.writing() as session:
                 session.add(user)
                 session.add_all(SignInFailure(scope=scope, key=key, at=user.created_at) for scope, key in signup)
         except IntegrityError as exc:  # the same name, added by another process meanwhile
@@ -187,7 +205,7 @@ class Accounts:
         """Delete rows past their window, at most once per sign-in window per process."""
         if time.monotonic() - self._pruned_at_s >= self._bridge.sign_in_window_s:
             self._pruned_at_s = time.monotonic()
-            await prune(self._db.sessions, now=self._clock(), bridge=self._bridge)
+            await prune(self._db, now=self._clock(), bridge=self._bridge)
 
     async def _hash(self, password: str) -> str:
         loop = asyncio.get_running_loop()
@@ -212,11 +230,11 @@ class Accounts:
         return self._dummy_hash
 
     async def _name_taken(self, name: str) -> bool:
-        async with self._db.sessions() as session:
+        async with self._db.reading() as session:
             return await session.scalar(select(User.id).where(User.name == name)) is not None
 
     async def _active_user(self, name: str) -> User | None:
-        async with self._db.sessions() as session:
+        async with self._db.reading() as session:
             return await session.scalar(select(User).where(User.name == name, User.removed_at.is_(None)))
 
     async def _update_active(self, name: str, **values: object) -> None:
@@ -226,7 +244,7 @@ class Accounts:
             .values(token_generation=User.token_generation + 1, **values)
             .returning(User.id)
         )
-        async with self._db.sessions.begin() as session:
+        async with self._db.writing() as session:
             changed = await session.scalar(statement)
         if changed is None:
             raise UnknownUser(f"no user {name!r}")

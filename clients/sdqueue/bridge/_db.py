@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,9 +18,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, event
+from sqlalchemy import Connection, DateTime, ForeignKey, Index, Integer, MetaData, String, Text, event, text
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -28,6 +31,7 @@ from sdqueue.config import Settings
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 DEFAULT_TIMEOUT_S = 10.0
 UPGRADE_HINT = "run `sdqueue bridge db upgrade`"
+UPGRADE_LOCK_KEY = 0x73_64_71_75  # "sdqu": the PostgreSQL advisory lock that serialises upgrades
 
 
 class SchemaMismatch(Exception):
@@ -35,7 +39,14 @@ class SchemaMismatch(Exception):
 
 
 class DatabaseUnavailable(Exception):
-    """The database refused the connection, did not answer in time, or failed a statement while migrating."""
+    """The database refused the connection, did not answer in time, or failed a statement while migrating.
+
+    The message is safe to show a caller; `detail` (the driver's own words, which may name hosts) is for operators.
+    """
+
+    def __init__(self, message: str, *, cause: BaseException) -> None:
+        super().__init__(message)
+        self.detail = _reason(cause)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -124,9 +135,43 @@ class Database:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A session for reads.
+
+        Raises:
+            DatabaseUnavailable: the database was lost, locked or too slow.
+        """
+        with database_errors():
+            async with self.sessions() as session:
+                yield session
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction, committed on leaving.
+
+        Raises:
+            DatabaseUnavailable: the database was lost, locked or too slow.
+        """
+        with database_errors():
+            async with self.sessions.begin() as session:
+                yield session
+
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+@contextmanager
+def database_errors() -> Iterator[None]:
+    """Turn a lost, locked or timed-out database into DatabaseUnavailable (integrity, data and SQL errors stay:
+    they are bugs, or the caller's to handle)."""
+    try:
+        yield
+    except (IntegrityError, DataError, ProgrammingError):
+        raise
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        raise DatabaseUnavailable("the bridge database is unavailable", cause=exc) from exc
 
 
 def database_url(settings: Settings) -> str:
@@ -148,7 +193,7 @@ def upgrade_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     try:
         asyncio.run(_upgrade(url, timeout_s=timeout_s))
     except (DBAPIError, OSError) as exc:
-        raise DatabaseUnavailable(f"the bridge database cannot be migrated: {_reason(exc)}") from exc
+        raise DatabaseUnavailable("the bridge database cannot be migrated", cause=exc) from exc
 
 
 async def open_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Database:
@@ -195,13 +240,15 @@ def create_engine(url: str, *, timeout_s: float) -> AsyncEngine:
     for another process's write lock."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": timeout_s})
+        engine = create_async_engine(url, connect_args={"timeout": timeout_s}, pool_timeout=timeout_s)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
         connect_args = {"timeout": timeout_s, "command_timeout": timeout_s}
-    return create_async_engine(url, connect_args=connect_args, pool_timeout=timeout_s, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per checkout. After a database restart, the first statement on a dead
+    # connection fails (DatabaseUnavailable, one 503) and the pool drops every connection older than it.
+    return create_async_engine(url, connect_args=connect_args, pool_timeout=timeout_s)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -228,7 +275,7 @@ async def _read_revision(engine: AsyncEngine) -> str | None:
         async with engine.connect() as connection:
             return await connection.run_sync(_current_revision)
     except (DBAPIError, OSError) as exc:
-        raise DatabaseUnavailable(f"the bridge database cannot be reached: {_reason(exc)}") from exc
+        raise DatabaseUnavailable("the bridge database cannot be reached", cause=exc) from exc
 
 
 def _reason(exc: BaseException) -> str:
@@ -256,6 +303,9 @@ async def _upgrade(url: str, *, timeout_s: float) -> None:
 
 
 def _upgrade_on(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Replicas started together may each run the upgrade: one migrates while the others wait, then find it done.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
     config = _alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sdqueue.bridge._db import DatabaseUnavailable
 from sdqueue.client import ClientError, StorageUnavailable, UnroutableRequest
 from sdqueue.contracts import ErrorCode
 
@@ -127,7 +128,8 @@ async def _on_client_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_database_error(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s %s: the database failed: %s", request.method, request.url.path, exc)
+    detail = exc.detail if isinstance(exc, DatabaseUnavailable) else str(exc)
+    log.warning("%s %s: the database failed: %s", request.method, request.url.path, detail)
     return error_response(UNAVAILABLE, "the bridge's database is unavailable; try again later")
 
 
@@ -157,6 +159,7 @@ ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     BridgeError: _on_bridge_error,
     ClientError: _on_client_error,
     DBAPIError: _on_database_error,
+    DatabaseUnavailable: _on_database_error,
     RequestValidationError: _on_validation_error,
     StarletteHTTPException: _on_http_error,
 }

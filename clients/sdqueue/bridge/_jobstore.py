@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from sdqueue.bridge._db import Database, Job
 
@@ -27,66 +27,47 @@ class JobRow:
 
 
 class JobStore:
-    """Jobs in the bridge's database."""
+    """Jobs in the bridge's database; reads are Core selects (a job read or history is on every poll).
+
+    Every method raises DatabaseUnavailable (from `sdqueue.bridge._db`) when the database is lost, locked or too slow.
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
     async def add(self, row: JobRow) -> None:
         """Remember an accepted job (its owner must exist)."""
-        async with self._db.sessions.begin() as session:
-            session.add(Job(**_fields(row)))
+        async with self._db.writing() as session:
+            await session.execute(insert(Job).values(**asdict(row)))
 
     async def get(self, job_id: str, *, owner_id: str) -> JobRow | None:
         """The job if it exists and belongs to `owner_id`, else None (another's job reads as missing)."""
-        async with self._db.sessions() as session:
-            job = await session.scalar(select(Job).where(Job.job_id == job_id, Job.owner_id == owner_id))
-        return None if job is None else _row(job)
+        statement = select(*_COLUMNS).where(Job.job_id == job_id, Job.owner_id == owner_id)
+        async with self._db.reading() as session:
+            found = (await session.execute(statement)).one_or_none()
+        return None if found is None else JobRow(**found._asdict())
 
     async def recent(self, owner_id: str, *, limit: int) -> list[JobRow]:
         """The owner's newest `limit` jobs, newest first."""
         statement = (
-            select(Job).where(Job.owner_id == owner_id).order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit)
+            select(*_COLUMNS)
+            .where(Job.owner_id == owner_id)
+            .order_by(Job.created_at.desc(), Job.job_id.desc())
+            .limit(limit)
         )
-        async with self._db.sessions() as session:
-            return [_row(job) for job in await session.scalars(statement)]
+        async with self._db.reading() as session:
+            return [JobRow(**found._asdict()) for found in await session.execute(statement)]
 
     async def set_status(self, job_id: str, status: str) -> None:
         """Record a job's latest known status (no-op for an unknown job)."""
-        async with self._db.sessions.begin() as session:
+        async with self._db.writing() as session:
             await session.execute(update(Job).where(Job.job_id == job_id).values(status=status))
 
     async def delete(self, job_id: str) -> None:
         """Forget a job, e.g. one whose publish failed."""
-        async with self._db.sessions.begin() as session:
+        async with self._db.writing() as session:
             await session.execute(delete(Job).where(Job.job_id == job_id))
 
 
-def _fields(row: JobRow) -> dict[str, object]:
-    return {
-        "job_id": row.job_id,
-        "owner_id": row.owner_id,
-        "created_at": row.created_at,
-        "mode": row.mode,
-        "model": row.model,
-        "prompt": row.prompt,
-        "width": row.width,
-        "height": row.height,
-        "steps": row.steps,
-        "status": row.status,
-    }
-
-
-def _row(job: Job) -> JobRow:
-    return JobRow(
-        job_id=job.job_id,
-        owner_id=job.owner_id,
-        created_at=job.created_at,
-        mode=job.mode,
-        model=job.model,
-        prompt=job.prompt,
-        width=job.width,
-        height=job.height,
-        steps=job.steps,
-        status=job.status,
-    )
+# The table's columns in JobRow's order and names.
+_COLUMNS = tuple(getattr(Job, field.name) for field in fields(JobRow))

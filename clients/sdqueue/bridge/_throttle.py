@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from sdqueue.bridge._db import SignInFailure
+from sdqueue.bridge._db import Database, SignInFailure
 from sdqueue.config import BridgeSettings
 
 USER_SCOPE = "user"
@@ -23,13 +22,12 @@ MAX_KEY_CHARS = 255
 # Keeps 2 ** n finite whatever the count; the cap applies long before.
 MAX_DOUBLINGS = 64
 
-Sessions = async_sessionmaker[AsyncSession]
 Key = tuple[str, str]  # (scope, key)
 
 
-async def record(sessions: Sessions, keys: Sequence[Key], *, at: datetime) -> None:
+async def record(db: Database, keys: Sequence[Key], *, at: datetime) -> None:
     """Store one failed sign-in (or one sign-up) as a row per `(scope, key)`."""
-    async with sessions.begin() as session:
+    async with db.writing() as session:
         session.add_all(SignInFailure(scope=scope, key=key[:MAX_KEY_CHARS], at=at) for scope, key in keys)
 
 
@@ -46,11 +44,11 @@ def lockout_s(failures: int, *, scope: str, bridge: BridgeSettings) -> float:
     return float(min(doubled, bridge.sign_in_max_backoff_s))
 
 
-async def sign_in_wait_s(sessions: Sessions, keys: Sequence[Key], *, now: datetime, bridge: BridgeSettings) -> float:
+async def sign_in_wait_s(db: Database, keys: Sequence[Key], *, now: datetime, bridge: BridgeSettings) -> float:
     """How long the recent failures still lock out any of these keys (0: none is locked out)."""
     window_start = now - timedelta(seconds=bridge.sign_in_window_s)
     wait_s = 0.0
-    async with sessions() as session:
+    async with db.reading() as session:
         for scope, key in keys:
             statement = select(func.count(), func.max(SignInFailure.at)).where(
                 SignInFailure.scope == scope, SignInFailure.key == key[:MAX_KEY_CHARS], SignInFailure.at > window_start
@@ -61,7 +59,7 @@ async def sign_in_wait_s(sessions: Sessions, keys: Sequence[Key], *, now: dateti
     return wait_s
 
 
-async def signup_wait_s(sessions: Sessions, address: str, *, now: datetime, bridge: BridgeSettings) -> float:
+async def signup_wait_s(db: Database, address: str, *, now: datetime, bridge: BridgeSettings) -> float:
     """How long until the address may sign up again (0: it may now)."""
     window = timedelta(seconds=bridge.signup_window_s)
     statement = select(SignInFailure.at).where(
@@ -69,7 +67,7 @@ async def signup_wait_s(sessions: Sessions, address: str, *, now: datetime, brid
         SignInFailure.key == address[:MAX_KEY_CHARS],
         SignInFailure.at > now - window,
     )
-    async with sessions() as session:
+    async with db.reading() as session:
         times = sorted(await session.scalars(statement), reverse=True)
     limit = bridge.signups_per_address
     if len(times) < limit:
@@ -78,20 +76,20 @@ async def signup_wait_s(sessions: Sessions, address: str, *, now: datetime, brid
     return max((times[limit - 1] + window - now).total_seconds(), 1.0)
 
 
-async def clear(sessions: Sessions, key: Key) -> None:
+async def clear(db: Database, key: Key) -> None:
     """Forget every row of one key (a name's failures, once it signed in)."""
     scope, value = key
-    async with sessions.begin() as session:
+    async with db.writing() as session:
         await session.execute(
             delete(SignInFailure).where(SignInFailure.scope == scope, SignInFailure.key == value[:MAX_KEY_CHARS])
         )
 
 
-async def prune(sessions: Sessions, *, now: datetime, bridge: BridgeSettings) -> None:
+async def prune(db: Database, *, now: datetime, bridge: BridgeSettings) -> None:
     """Delete the rows that no longer count."""
     sign_in_cutoff = now - timedelta(seconds=bridge.sign_in_window_s)
     signup_cutoff = now - timedelta(seconds=bridge.signup_window_s)
-    async with sessions.begin() as session:
+    async with db.writing() as session:
         await session.execute(
             delete(SignInFailure).where(SignInFailure.scope != SIGNUP_SCOPE, SignInFailure.at < sign_in_cutoff)
         )

@@ -377,7 +377,7 @@ def _bridge_db_upgrade(_: argparse.Namespace) -> int:
     try:
         upgrade_database(database_url(settings), timeout_s=settings.bridge.database_timeout_s)
     except DatabaseUnavailable as exc:
-        print(f"sdqueue: {exc}", file=sys.stderr)
+        print(f"sdqueue: {exc}: {exc.detail}", file=sys.stderr)
         return 1
     print(f"the bridge database is at revision {head_revision()}")
     return 0
@@ -435,14 +435,20 @@ async def _with_accounts(action: Callable[[Accounts], Awaitable[str]]) -> int:
     settings = load_settings()
     try:
         db = await open_database(database_url(settings), timeout_s=settings.bridge.database_timeout_s)
-    except (SchemaMismatch, DatabaseUnavailable) as exc:
+    except SchemaMismatch as exc:
         print(f"sdqueue: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable as exc:
+        print(f"sdqueue: {exc}: {exc.detail}", file=sys.stderr)
         return 1
     accounts = Accounts(db, bridge=settings.bridge)
     try:
         outcome = await action(accounts)
     except AccountError as exc:
         print(f"sdqueue: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable as exc:
+        print(f"sdqueue: {exc}: {exc.detail}", file=sys.stderr)
         return 1
     finally:
         accounts.close()

@@ -246,7 +246,10 @@ class BridgeSettings(_Group):
         default=10.0, description="Limit for connecting to the database and for one statement."
     )
     hash_threads: Annotated[int, Field(ge=1, le=64)] = Field(
-        default=2, description="Threads hashing and verifying passwords (argon2), off the event loop."
+        default=2,
+        description="Threads hashing and verifying passwords (argon2: 64 MiB and tens of milliseconds of a core "
+        "each), off the event loop, per bridge process. It bounds parallel sign-ins, and how many parallel guesses "
+        "a process lets past a lockout.",
     )
     sign_in_free_failures: Annotated[int, Field(ge=0)] = Field(
         default=5,
