@@ -47,6 +47,7 @@ HEALTH_PERIOD_S = 0.1
 HEALTH_TARGET_S = 1.0
 BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 READY_TIMEOUT_S = 180.0
+WAITS_AT_ONCE = BridgeSettings().max_streams_per_user
 USER, PASSWORD = "bench", "bench-password"
 # The bridge settings a baseline checkout of the first round's code understands (it refuses unknown ones).
 BASELINE_BRIDGE_KEYS = ("HOST", "PORT", "PROCESSES", "TOKEN_SECRET", "MAX_WAIT_S")
@@ -141,7 +142,10 @@ async def _load(url: str) -> dict[str, float]:
                 await _start_slow_job(http, headers)  # queued behind earlier rounds' jobs: returns once they are done
                 rounds.append(await _accept_all(url, headers))
             accepted = [accept for round_ in rounds for accept in round_]
-            finished = await asyncio.gather(*(_finish(http, headers, job_id) for job_id, _, _ in accepted if job_id))
+            waits = asyncio.Semaphore(WAITS_AT_ONCE)  # a user may hold only a few waits open at once
+            finished = await asyncio.gather(
+                *(_finish(http, headers, job_id, waits=waits) for job_id, _, _ in accepted if job_id)
+            )
         finally:
             poller.cancel()
         elapsed = time.perf_counter() - started
@@ -247,8 +251,13 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def _finish(http: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> int:
-    response = await http.get(f"/v1/jobs/{job_id}/wait", params={"timeout": 600}, headers=headers)
+async def _finish(http: httpx.AsyncClient, headers: dict[str, str], job_id: str, *, waits: asyncio.Semaphore) -> int:
+    """200 once the job succeeded; its status, or 599 for another end or a dropped connection."""
+    async with waits:
+        try:
+            response = await http.get(f"/v1/jobs/{job_id}/wait", params={"timeout": 600}, headers=headers)
+        except httpx.TransportError:
+            return 599
     if response.status_code != 200 or response.json()["status"] != "succeeded":
         return 599 if response.status_code == 200 else response.status_code
     return 200

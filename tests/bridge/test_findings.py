@@ -173,13 +173,12 @@ async def test_finding_4_a_bridge_killed_after_its_202_loses_nothing(bridge_sett
 
 
 async def test_finding_5_concurrent_sign_ups_on_two_processes_are_all_saved(
-    bridge_settings: Settings, postgres_bridge_url: str, tmp_path: Path
+    stack_settings: Settings, client: SdqueueClient, postgres_bridge_url: str, tmp_path: Path
 ):
-    bridge = bridge_settings.bridge.model_copy(
-        update={"database_url": postgres_bridge_url, "allow_signup": True, "signups_per_address": 1000}
-    )
-    first = bridge_settings.model_copy(update={"bridge": bridge.model_copy(update={"port": free_port()})})
-    second = bridge_settings.model_copy(update={"bridge": bridge.model_copy(update={"port": free_port()})})
+    base = make_bridge_settings(stack_settings, database_url=postgres_bridge_url, allow_signup=True)
+    bridge = base.bridge.model_copy(update={"signups_per_address": 1000})
+    first = base.model_copy(update={"bridge": bridge.model_copy(update={"port": free_port()})})
+    second = base.model_copy(update={"bridge": bridge.model_copy(update={"port": free_port()})})
     names = [f"signup-{index}@example.com" for index in range(50)]
     with (
         bridge_process(first, log_path=tmp_path / "first.log") as one,
