@@ -4,6 +4,7 @@ callers in with, on SQLite (the default, under the state directory) and on Postg
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -81,8 +82,10 @@ def test_sqlite_under_the_state_dir_is_the_default(tmp_path: Path):
 
     assert upgraded.returncode == 0, upgraded.stderr
     assert added.returncode == 0, added.stderr
-    assert (tmp_path / "state" / "bridge.db").is_file()
-    assert b"dave-password" not in (tmp_path / "state" / "bridge.db").read_bytes()
+    files = sorted((tmp_path / "state").glob("bridge.db*"))
+    assert files[0].name == "bridge.db"
+    assert {stat.S_IMODE(path.stat().st_mode) for path in files} == {0o600}  # password hashes: owner only
+    assert all(b"dave-password" not in path.read_bytes() for path in files)
 
 
 async def test_users_import_copies_an_earlier_json_store(tmp_path: Path):

@@ -190,6 +190,8 @@ def upgrade_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     path = _sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # It holds password hashes: owner only. SQLite gives its -wal and -shm files the same mode.
+        path.touch(mode=0o600)
     try:
         asyncio.run(_upgrade(url, timeout_s=timeout_s))
     except (DBAPIError, OSError) as exc:
