@@ -110,8 +110,10 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     try:
         yield cluster
     finally:
-        _run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(cluster.data_dir), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            _run(str(POSTGRES_BIN / "pg_ctl"), "-D", str(cluster.data_dir), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(params=["sqlite", "postgresql"])
