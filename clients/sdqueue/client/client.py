@@ -290,6 +290,8 @@ class SdqueueClient:
         latest: dict[str, WorkerHeartbeat] = {}
 
         async def on_heartbeat(message: AbstractIncomingMessage) -> None:
+            if not self._is_from_worker(message):
+                return
             try:
                 heartbeat = WorkerHeartbeat.model_validate_json(message.body)
             except ValidationError:
@@ -382,6 +384,8 @@ class SdqueueClient:
                 queue.put_nowait(record)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        if not self._is_from_worker(message):
+            return
         try:
             event = parse_event(message.body)
         except ValidationError:
@@ -390,6 +394,14 @@ class SdqueueClient:
         queue = self._watchers.get(event.job_id)
         if queue is not None:
             queue.put_nowait(event)
+
+    def _is_from_worker(self, message: AbstractIncomingMessage) -> bool:
+        """Whether a worker sent it: the broker checked `user_id` against the sender's user; events of anyone
+        else (a producer that may publish where it should not) are dropped."""
+        if message.user_id in self._settings.broker.worker_users:
+            return True
+        log.warning("ignoring an event from broker user %r, not a worker user", message.user_id)
+        return False
 
     async def _exchange(self, name: str) -> AbstractExchange:
         return await _require(self._channel).get_exchange(name, ensure=False)
