@@ -35,7 +35,7 @@ from sdqueue.client.errors import (
 )
 from sdqueue.client.jobs import request_body, request_message
 from sdqueue.client.tokens import bearer, mint_token
-from sdqueue.config import Settings, make_s3_client
+from sdqueue.config import BrokerSettings, Settings, make_s3_client
 from sdqueue.contracts import (
     HEARTBEAT_PATTERN,
     SCOPE_CANCEL,
@@ -290,7 +290,7 @@ class SdqueueClient:
         latest: dict[str, WorkerHeartbeat] = {}
 
         async def on_heartbeat(message: AbstractIncomingMessage) -> None:
-            if not self._is_from_worker(message):
+            if not sent_by_worker(message, broker=self._settings.broker):
                 return
             try:
                 heartbeat = WorkerHeartbeat.model_validate_json(message.body)
@@ -384,7 +384,7 @@ class SdqueueClient:
                 queue.put_nowait(record)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
-        if not self._is_from_worker(message):
+        if not sent_by_worker(message, broker=self._settings.broker):
             return
         try:
             event = parse_event(message.body)
@@ -395,19 +395,22 @@ class SdqueueClient:
         if queue is not None:
             queue.put_nowait(event)
 
-    def _is_from_worker(self, message: AbstractIncomingMessage) -> bool:
-        """Whether a worker sent it: the broker checked `user_id` against the sender's user; events of anyone
-        else (a producer that may publish where it should not) are dropped."""
-        if message.user_id in self._settings.broker.worker_users:
-            return True
-        log.warning("ignoring an event from broker user %r, not a worker user", message.user_id)
-        return False
-
     async def _exchange(self, name: str) -> AbstractExchange:
         return await _require(self._channel).get_exchange(name, ensure=False)
 
     def _reply_queue(self) -> AbstractQueue:
         return _require(self._replies)
+
+
+def sent_by_worker(message: AbstractIncomingMessage, *, broker: BrokerSettings) -> bool:
+    """Whether a worker sent the message: the broker checked its `user_id` against the sender's user.
+
+    Messages of anyone else (a producer that may publish where it should not) are dropped, with a warning.
+    """
+    if message.user_id in broker.worker_users:
+        return True
+    log.warning("ignoring an event from broker user %r, not a worker user", message.user_id)
+    return False
 
 
 def _require(value: T | None) -> T:
