@@ -49,7 +49,7 @@ def make_bridge_settings(stack_settings: Settings, *, database_url: str, allow_s
         database_url=SecretStr(database_url),
         allow_signup=allow_signup,
         max_upload_bytes=256 * 1024,
-        max_wait_s=60.0,
+        max_wait_s=120.0,
         compat_width=64,
         compat_height=64,
         compat_steps=2,

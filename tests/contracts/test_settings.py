@@ -69,11 +69,20 @@ def test_nested_group_fields_use_double_underscore(monkeypatch: pytest.MonkeyPat
 def test_tuples_are_json(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SDQUEUE_AUTH__ISSUERS", '["issuer-a", "issuer-b"]')
     monkeypatch.setenv("SDQUEUE_AUTH__ALGORITHMS", '["EdDSA", "RS256"]')
+    monkeypatch.setenv("SDQUEUE_AUTH__ISSUER_KEYS", '{"issuer-b": {"jwks_file": "/keys/b.json"}}')
 
     auth = Settings().auth
 
     assert auth.issuers == ("issuer-a", "issuer-b")
     assert auth.algorithms == ("EdDSA", "RS256")
+    assert auth.issuer_key_settings()["issuer-b"].jwks_file == Path("/keys/b.json")
+
+
+def test_an_issuer_without_keys_of_its_own_is_refused(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SDQUEUE_AUTH__ISSUERS", '["issuer-a", "issuer-b"]')
+
+    with pytest.raises(ValidationError, match="issuer_keys"):
+        Settings()
 
 
 def test_disallowed_algorithm_is_rejected(monkeypatch: pytest.MonkeyPatch):
@@ -131,7 +140,9 @@ def test_repr_never_shows_secrets(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_default_broker_url_is_secret_too():
-    assert "guest" not in repr(Settings())
+    # `broker.worker_users` names the user `guest` (a name, not a secret); the URL's password must not show.
+    assert "guest:guest" not in repr(Settings())
+    assert "amqp://" not in repr(Settings())
 
 
 def test_short_hs256_secret_is_rejected(monkeypatch: pytest.MonkeyPatch):

@@ -1,4 +1,5 @@
-"""Every bad request ends as exactly one failed event with the contract's code, and its message in sdqueue.dead."""
+"""Every bad request from a verified caller ends as exactly one failed event with the contract's code, and its message
+in sdqueue.dead; one nobody verifiable speaks for is dead-lettered without any event."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import asyncio
 import json
 import time
 
+import aio_pika
 import jwt
 import pytest
 
 from sdqueue.client import SdqueueClient, UnroutableRequest, bearer
-from sdqueue.config import Settings
+from sdqueue.config import AuthSettings, Settings
 from sdqueue.contracts import ErrorCode, FailedEvent
 from tests.e2e.requests import claims, hs256, raw_message, signed_message, txt2img, unsigned_token
-from tests.plugins.stack import BrokerProbe, EventLog
+from tests.faults import expect_unreported
+from tests.plugins.stack import BrokerProbe, EventLog, WorkerProcess
 
 WRONG_SECRET = "another-secret-that-is-long-enough-for-hs256!"
 
@@ -41,16 +44,17 @@ async def _publish_and_expect(
     return event
 
 
-def _token_cases() -> dict[str, tuple[ErrorCode, object]]:
+def _token_cases() -> dict[str, tuple[ErrorCode | None, object]]:
+    """Each case's reported code; None where nobody verifiable speaks for the job, so nothing is reported."""
     return {
-        "missing token": (ErrorCode.UNAUTHENTICATED, None),
-        "not a jwt": (ErrorCode.UNAUTHENTICATED, "Bearer not-a-jwt"),
-        "wrong key": (ErrorCode.INVALID_TOKEN, "wrong-key"),
-        "alg none": (ErrorCode.INVALID_TOKEN, "alg-none"),
+        "missing token": (None, None),
+        "not a jwt": (None, "Bearer not-a-jwt"),
+        "wrong key": (None, "wrong-key"),
+        "alg none": (None, "alg-none"),
         "expired": (ErrorCode.TOKEN_EXPIRED, {"exp": int(time.time()) - 60, "iat": int(time.time()) - 120}),
         "wrong aud": (ErrorCode.INVALID_TOKEN, {"aud": "someone-else"}),
-        "wrong iss": (ErrorCode.INVALID_TOKEN, {"iss": "mallory"}),
-        "jti is another job": (ErrorCode.INVALID_TOKEN, {"jti": "another-job"}),
+        "wrong iss": (None, {"iss": "mallory"}),
+        "jti is another job": (None, {"jti": "another-job"}),
         "nbf in future": (ErrorCode.INVALID_TOKEN, {"nbf": int(time.time()) + 600}),
         "no scope": (ErrorCode.FORBIDDEN, {"scope": "sdqueue:cancel"}),
         "scope claim missing": (ErrorCode.INVALID_TOKEN, {"scope": None}),
@@ -72,27 +76,33 @@ TOKEN_CASES = [
 ]
 
 
+def _token_message(case: str, *, body: bytes, job_id: str, auth: AuthSettings) -> aio_pika.Message:
+    spec = _token_cases()[case][1]
+    if spec is None or (isinstance(spec, str) and spec.startswith("Bearer")):
+        return raw_message(body, job_id=job_id, authorization=spec)
+    if spec == "wrong-key":
+        token = jwt.encode(claims(body, job_id=job_id, auth=auth), WRONG_SECRET, algorithm="HS256")
+        return raw_message(body, job_id=job_id, authorization=bearer(token))
+    if spec == "alg-none":
+        token = unsigned_token(claims(body, job_id=job_id, auth=auth))
+        return raw_message(body, job_id=job_id, authorization=bearer(token))
+    assert isinstance(spec, dict)
+    return signed_message(body, job_id=job_id, auth=auth, **spec)
+
+
 @pytest.mark.parametrize("case", TOKEN_CASES)
-async def test_bad_token_is_reported_and_dead_lettered(
-    case: str, client: SdqueueClient, probe: BrokerProbe, stack_settings: Settings
+async def test_bad_token_is_dead_lettered_and_reported_only_to_a_verified_caller(
+    case: str, client: SdqueueClient, probe: BrokerProbe, worker: WorkerProcess, stack_settings: Settings
 ):
-    auth = stack_settings.auth
     request = txt2img()
     body = request.model_dump_json().encode()
-    code, spec = _token_cases()[case]
-    if spec is None or (isinstance(spec, str) and spec.startswith("Bearer")):
-        message = raw_message(body, job_id=request.job_id, authorization=spec)
-    elif spec == "wrong-key":
-        token = jwt.encode(claims(body, job_id=request.job_id, auth=auth), WRONG_SECRET, algorithm="HS256")
-        message = raw_message(body, job_id=request.job_id, authorization=bearer(token))
-    elif spec == "alg-none":
-        token = unsigned_token(claims(body, job_id=request.job_id, auth=auth))
-        message = raw_message(body, job_id=request.job_id, authorization=bearer(token))
-    else:
-        assert isinstance(spec, dict)
-        message = signed_message(body, job_id=request.job_id, auth=auth, **spec)
+    code = _token_cases()[case][0]
+    message = _token_message(case, body=body, job_id=request.job_id, auth=stack_settings.auth)
 
-    await _publish_and_expect(client, probe, job_id=request.job_id, message=message, code=code)
+    if code is None:
+        await expect_unreported(message, job_id=request.job_id, client=client, probe=probe, worker=worker)
+    else:
+        await _publish_and_expect(client, probe, job_id=request.job_id, message=message, code=code)
 
     assert await client.read_record(request.job_id) is None, "an unverified caller must not write a record"
 

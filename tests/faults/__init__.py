@@ -65,6 +65,32 @@ async def expect_rejection(
     return Rejection(event=event, log=log)
 
 
+async def expect_unreported(
+    message: aio_pika.Message,
+    *,
+    job_id: str,
+    client: SdqueueClient,
+    probe: BrokerProbe,
+    worker: WorkerProcess,
+) -> EventLog:
+    """Publish `message` (with a `reply_to` of the probe's) and check it reaches `sdqueue.dead` with no event on
+    `job.<job_id>` and no reply; returns the job's event log, to look at later."""
+    log_offset = log_size(worker)
+    log = await probe.watch(job_id)
+    reply_to, replies = await probe.replies()
+    message.reply_to = reply_to
+    await client.publish_raw(message, routing_key="default")
+    assert await probe.dead_letter(job_id, timeout_s=FAILED_TIMEOUT_S) is not None, (
+        f"request did not reach sdqueue.dead; worker log:\n{worker.log_tail()}"
+    )
+    await asyncio.sleep(QUIET_AFTER_S)
+    assert log.events == [], f"an unattributable request got events: {[event.type for event in log.events]}"
+    assert replies.events == [], "an unattributable request got a reply"
+    assert worker.process.poll() is None, f"worker died:\n{worker.log_tail()}"
+    assert_no_traceback_since(worker, log_offset)
+    return log
+
+
 def log_size(worker: WorkerProcess) -> int:
     """How far the worker's log has been written so far."""
     return worker.log_path.stat().st_size

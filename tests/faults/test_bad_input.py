@@ -19,7 +19,7 @@ import pytest_asyncio
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from PIL import Image
 
-from sdqueue.client import SdqueueClient, bearer
+from sdqueue.client import SdqueueClient, bearer, new_job_id
 from sdqueue.config import Settings
 from sdqueue.contracts import ErrorCode, GenerationRequest, SucceededEvent, parse_event
 from sdqueue.contracts.topology import DELIVERY_COUNT_HEADER, EVENTS_EXCHANGE
@@ -129,7 +129,7 @@ def _inline(data: bytes) -> Callable[[], dict[str, str]]:
         ),
         pytest.param(_inline(os.urandom(4096)), ErrorCode.INVALID_IMAGE, id="random bytes"),
         pytest.param(lambda: {"data": "iVBORw0KGgo***not base64!"}, ErrorCode.INVALID_IMAGE, id="malformed base64"),
-        pytest.param(lambda: {"key": "inputs/never-uploaded/init.png"}, ErrorCode.INVALID_IMAGE, id="missing init key"),
+        pytest.param(lambda: {"key": "inputs/{job}/absent.png"}, ErrorCode.INVALID_IMAGE, id="missing init key"),
     ],
 )
 async def test_bad_init_image_is_reported_recorded_and_dead_lettered(
@@ -140,7 +140,10 @@ async def test_bad_init_image_is_reported_recorded_and_dead_lettered(
     worker: WorkerProcess,
     stack_settings: Settings,
 ):
-    request = img2img(make_init_image())
+    init_image, job_id = make_init_image(), new_job_id()
+    if "key" in init_image:
+        init_image = {"key": init_image["key"].format(job=job_id)}  # the job's own input prefix
+    request = img2img(init_image, job_id=job_id)
     body = request.model_dump_json().encode()
 
     rejection = await expect_rejection(

@@ -174,6 +174,17 @@ class BrokerProbe:
         await queue.consume(record, no_ack=True)
         return log
 
+    async def replies(self) -> tuple[str, EventLog]:
+        """A private reply queue (its name, for `reply_to`) and everything that arrives on it."""
+        log = EventLog()
+        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+
+        async def record(message: AbstractIncomingMessage) -> None:
+            log.add(parse_event(message.body))
+
+        await queue.consume(record, no_ack=True)
+        return queue.name, log
+
     async def watch_all(self) -> dict[str, EventLog]:
         """Record every job's events from now on, keyed by job id."""
         logs: dict[str, EventLog] = {}

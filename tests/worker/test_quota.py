@@ -14,7 +14,7 @@ from sdqueue.contracts import ErrorCode, Quota
 from sdqueue.worker.errors import SdqueueError
 from sdqueue.worker.fairness import RANK_HIGH, RANK_MAIN, RANK_OVERFLOW, FairIntake, batch_rank
 from sdqueue.worker.validate import parse_job
-from sdqueue.worker.verify import load_keys, verify_token
+from sdqueue.worker.verify import Caller, load_keys, verify_token
 from tests.e2e.requests import claims, hs256
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
@@ -96,18 +96,18 @@ def test_a_model_outside_the_quota_is_forbidden():
 def test_intake_holds_a_callers_share_and_frees_it_on_settle():
     intake = FairIntake(FairnessSettings(max_per_caller=2))
 
-    assert [intake.admit("flood", "normal") for _ in range(3)] == [True, True, False]
-    assert intake.admit("light", "normal")
-    intake.release("flood")
-    assert intake.admit("flood", "normal")
-    assert intake.held("flood") == 2
+    assert [intake.admit(Caller("sdqueue", "flood"), "normal") for _ in range(3)] == [True, True, False]
+    assert intake.admit(Caller("sdqueue", "light"), "normal")
+    intake.release(Caller("sdqueue", "flood"))
+    assert intake.admit(Caller("sdqueue", "flood"), "normal")
+    assert intake.held(Caller("sdqueue", "flood")) == 2
 
 
 def test_priority_overrides_the_share():
     intake = FairIntake(FairnessSettings(max_per_caller=1))
 
-    assert not intake.admit("batch-job", "low")
-    assert [intake.admit("vip", "high") for _ in range(3)] == [True, True, True]
+    assert not intake.admit(Caller("sdqueue", "batch-job"), "low")
+    assert [intake.admit(Caller("sdqueue", "vip"), "high") for _ in range(3)] == [True, True, True]
 
 
 def test_batch_rank_orders_high_then_main_then_overflow():

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 from pydantic import SecretStr
 
-from sdqueue.config import AuthSettings
+from sdqueue.config import AuthSettings, IssuerKeys
 from sdqueue.contracts import ErrorCode, body_sha256
 from sdqueue.worker.errors import SdqueueError
 from sdqueue.worker.verify import load_keys, verify_token
@@ -35,6 +35,7 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> AuthSettings:
         algorithms=("HS256", "RS256", "EdDSA"),
         hs256_secret=SecretStr(SECRET),
         jwks_file=jwks,
+        issuer_keys={"issuer-b": IssuerKeys(jwks_file=jwks)},
     )
 
 
@@ -96,7 +97,7 @@ def test_hs256_signed_with_the_rsa_public_key_is_rejected(auth: AuthSettings):
         (lambda: jwt.encode(_claims(), RSA_KEY, algorithm="RS256", headers={"kid": "nope"}), ErrorCode.INVALID_TOKEN),
         (lambda: jwt.encode(_claims(), RSA_KEY, algorithm="RS256", headers={"kid": "ed-1"}), ErrorCode.INVALID_TOKEN),
         (lambda: jwt.encode(_claims(), RSA_KEY, algorithm="PS256", headers={"kid": "rsa-1"}), ErrorCode.INVALID_TOKEN),
-        (lambda: jwt.encode(_claims(exp=int(time.time()) - 1), SECRET), ErrorCode.TOKEN_EXPIRED),
+        (lambda: jwt.encode(_claims(exp=int(time.time()) - 120), SECRET), ErrorCode.TOKEN_EXPIRED),
         (lambda: jwt.encode(_claims(nbf=int(time.time()) + 600), SECRET), ErrorCode.INVALID_TOKEN),
         (lambda: jwt.encode(_claims(iss="mallory"), SECRET), ErrorCode.INVALID_TOKEN),
         (lambda: jwt.encode(_claims(aud="other"), SECRET), ErrorCode.INVALID_TOKEN),
@@ -126,6 +127,12 @@ def test_hs256_signed_with_the_rsa_public_key_is_rejected(auth: AuthSettings):
 )
 def test_bad_tokens_map_to_contract_codes(make_token: Any, code: ErrorCode, auth: AuthSettings):
     assert _code(make_token(), auth) is code
+
+
+def test_a_key_verifies_only_its_own_issuers_tokens(auth: AuthSettings):
+    # issuer-b has public keys only: the default issuer's HMAC secret must not sign for it.
+    assert _code(jwt.encode(_claims(iss="issuer-b"), SECRET, algorithm="HS256"), auth) is ErrorCode.INVALID_TOKEN
+    assert _verify(jwt.encode(_claims(iss="issuer-a"), SECRET, algorithm="HS256"), auth).caller.issuer == "issuer-a"
 
 
 def test_missing_or_non_bearer_header_is_unauthenticated(auth: AuthSettings):

@@ -2,6 +2,7 @@
 
 The latest progress (`started` or `progress`) per job is kept in a bounded cache: a cache of the event stream, not
 job state. Terminal events are passed on to followers only as a cue to read the job's record; they are never cached.
+Only events a worker's broker user sent (`broker.worker_users`, checked through `user_id`) are taken.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 from pydantic import ValidationError
 
-from sdqueue.client import BrokerUnavailable
+from sdqueue.client import BrokerUnavailable, sent_by_worker
 from sdqueue.config import BrokerSettings
 from sdqueue.contracts import JobEvent, is_terminal, parse_event
 from sdqueue.contracts.topology import EVENTS_EXCHANGE, EXCHANGE_TYPES
@@ -31,22 +32,23 @@ HUB_QUEUE_PREFIX = "sdqueue.bridge."
 class EventHub:
     """Receives every job event once and hands it to each subscriber of that job."""
 
-    def __init__(self, *, cache_size: int) -> None:
+    def __init__(self, *, cache_size: int, broker: BrokerSettings) -> None:
         self._cache_size = cache_size
+        self._broker = broker
         self._latest: OrderedDict[str, JobEvent] = OrderedDict()
         self._subscribers: dict[str, set[asyncio.Queue[JobEvent]]] = {}
         self._connection: AbstractRobustConnection | None = None
 
-    async def start(self, broker: BrokerSettings, *, queue_name: str) -> None:
+    async def start(self, *, queue_name: str) -> None:
         """Connect and bind a private queue to every job's events.
 
         Raises:
             BrokerUnavailable: the broker could not be reached in time.
         """
         try:
-            async with asyncio.timeout(broker.connect_timeout_s):
+            async with asyncio.timeout(self._broker.connect_timeout_s):
                 self._connection = await aio_pika.connect_robust(
-                    broker.url.get_secret_value(), heartbeat=broker.heartbeat_s
+                    self._broker.url.get_secret_value(), heartbeat=self._broker.heartbeat_s
                 )
                 channel = await self._connection.channel()
                 exchange_type = aio_pika.ExchangeType(EXCHANGE_TYPES[EVENTS_EXCHANGE])
@@ -105,6 +107,8 @@ class EventHub:
             queue.put_nowait(event)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if not sent_by_worker(message, broker=self._broker):
+            return
         try:
             event = parse_event(message.body)
         except ValidationError:

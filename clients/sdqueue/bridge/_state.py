@@ -108,10 +108,10 @@ async def open_state(settings: Settings, *, metrics: Metrics) -> AsyncIterator[B
     check_settings(settings)
     database = await open_checked_database(settings)
     accounts = Accounts(database, bridge=settings.bridge)
-    hub = EventHub(cache_size=settings.bridge.progress_cache_size)
+    hub = EventHub(cache_size=settings.bridge.progress_cache_size, broker=settings.broker)
     try:
         async with SdqueueClient(settings, subject="sdqueue-bridge") as client:
-            await hub.start(settings.broker, queue_name=f"{HUB_QUEUE_PREFIX}{uuid.uuid4().hex}")
+            await hub.start(queue_name=f"{HUB_QUEUE_PREFIX}{uuid.uuid4().hex}")
             try:
                 yield BridgeState(
                     settings=settings,

@@ -1,6 +1,6 @@
 """The light sdqueue client: publish signed requests, await completion events, fetch images. No torch here."""
 
-from sdqueue.client.client import SdqueueClient
+from sdqueue.client.client import SdqueueClient, sent_by_worker
 from sdqueue.client.errors import (
     BrokerUnavailable,
     ClientError,
@@ -32,5 +32,6 @@ __all__ = [
     "new_job_id",
     "request_body",
     "request_message",
+    "sent_by_worker",
     "verify_webhook",
 ]

@@ -35,7 +35,7 @@ from sdqueue.client.errors import (
 )
 from sdqueue.client.jobs import request_body, request_message
 from sdqueue.client.tokens import bearer, mint_token
-from sdqueue.config import Settings, make_s3_client
+from sdqueue.config import BrokerSettings, Settings, make_s3_client
 from sdqueue.contracts import (
     HEARTBEAT_PATTERN,
     SCOPE_CANCEL,
@@ -290,6 +290,8 @@ class SdqueueClient:
         latest: dict[str, WorkerHeartbeat] = {}
 
         async def on_heartbeat(message: AbstractIncomingMessage) -> None:
+            if not sent_by_worker(message, broker=self._settings.broker):
+                return
             try:
                 heartbeat = WorkerHeartbeat.model_validate_json(message.body)
             except ValidationError:
@@ -382,6 +384,8 @@ class SdqueueClient:
                 queue.put_nowait(record)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        if not sent_by_worker(message, broker=self._settings.broker):
+            return
         try:
             event = parse_event(message.body)
         except ValidationError:
@@ -396,6 +400,17 @@ class SdqueueClient:
 
     def _reply_queue(self) -> AbstractQueue:
         return _require(self._replies)
+
+
+def sent_by_worker(message: AbstractIncomingMessage, *, broker: BrokerSettings) -> bool:
+    """Whether a worker sent the message: the broker checked its `user_id` against the sender's user.
+
+    Messages of anyone else (a producer that may publish where it should not) are dropped, with a warning.
+    """
+    if message.user_id in broker.worker_users:
+        return True
+    log.warning("ignoring an event from broker user %r, not a worker user", message.user_id)
+    return False
 
 
 def _require(value: T | None) -> T:

@@ -38,8 +38,8 @@ def mint_token(
         "iss": auth.issuers[0],
         "aud": auth.audience,
         "sub": subject,
+        # No `nbf`: a worker whose clock runs behind would refuse a token that is already valid.
         "iat": issued_at,
-        "nbf": issued_at,
         "exp": issued_at + int(auth.token_ttl_s if ttl_s is None else ttl_s),
         "jti": job_id,
         "body_sha256": body_sha256(body),

@@ -10,6 +10,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "SDQUEUE_"
 MIN_HMAC_SECRET_BYTES = 32
+# Every secret in docker/env.example contains this; a process refuses to start with one.
+PLACEHOLDER_MARKER = "change-me"
 Algorithm = Literal["HS256", "HS384", "HS512", "EdDSA", "ES256", "RS256"]
 # A webhook allow-list entry: a DNS name (IDNA ASCII form) or IPv4 address, or a bracketed IPv6 one; optional port.
 _HOST_ENTRY = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?")
@@ -60,7 +63,33 @@ class BrokerSettings(_Group):
         default=16,
         description="Unacked requests a worker holds at once; keep it above `fairness.max_per_caller`.",
     )
-    delivery_limit: PositiveInt = Field(default=3, description="Redeliveries before a request is dead-lettered.")
+    delivery_limit: PositiveInt = Field(
+        default=3, description="Retries (and redeliveries) before a request ends `delivery_limit_exceeded`."
+    )
+    worker_users: tuple[str, ...] = Field(
+        default=("guest",),
+        min_length=1,
+        description="Broker user names of the workers: clients and the CLI accept an event or reply only when its "
+        "AMQP `user_id` (set by the worker, checked by the broker) is one of them. Give each worker its own user in "
+        "production (docs/operations.md); the default fits the dev stack's `guest`.",
+    )
+    retry_backoff_s: PositiveFloat = Field(
+        default=0.5,
+        description="Wait in the retry queue before a transient failure's first retry; it doubles each retry.",
+    )
+    max_retry_backoff_s: PositiveFloat = Field(default=10.0, description="Longest wait before one retry.")
+
+    @field_validator("url")
+    @classmethod
+    def _password_set(cls, value: SecretStr) -> SecretStr:
+        password = urlsplit(value.get_secret_value()).password
+        _check_not_placeholder(SecretStr(unquote(password)) if password else None)
+        return value
+
+    @property
+    def user_name(self) -> str:
+        """The broker user this process connects as (the AMQP URL's user; `guest` when it names none)."""
+        return unquote(urlsplit(self.url.get_secret_value()).username or "guest")
 
 
 class S3Settings(_Group):
@@ -82,24 +111,80 @@ class S3Settings(_Group):
         description="How long a job waits out a storage outage in place before it is requeued (burning a delivery).",
     )
 
+    @field_validator("secret_access_key")
+    @classmethod
+    def _secret_set(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_not_placeholder(value)
+
+
+def _check_secret_length(value: SecretStr | None) -> SecretStr | None:
+    if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+    return _check_not_placeholder(value)
+
+
+def _check_not_placeholder(value: SecretStr | None) -> SecretStr | None:
+    """Refuse the example values of docker/env.example: they are public, whatever their length."""
+    if value is not None and PLACEHOLDER_MARKER in value.get_secret_value().lower():
+        raise ValueError(f"is still a placeholder ({PLACEHOLDER_MARKER}…): set a random secret")
+    return value
+
+
+class IssuerKeys(_Group):
+    """The keys of one issuer: they verify that issuer's tokens and no other's."""
+
+    hs256_secret: SecretStr | None = Field(default=None, description="The issuer's HMAC secret, at least 32 bytes.")
+    jwks_file: Path | None = Field(default=None, description="JWKS file with the issuer's public keys, by `kid`.")
+
+    @field_validator("hs256_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_secret_length(value)
+
 
 class AuthSettings(_Group):
     """How request tokens are verified (worker) and minted (trusted producers, dev CLI)."""
 
-    issuers: tuple[str, ...] = Field(default=("sdqueue",), min_length=1, description="Accepted `iss` values.")
+    issuers: tuple[str, ...] = Field(
+        default=("sdqueue",),
+        min_length=1,
+        description="The default issuer first (its keys are `hs256_secret` and `jwks_file`; the CLI and the bridge "
+        "mint as it); any other must have its own `issuer_keys` entry.",
+    )
     audience: str = Field(default=AUDIENCE, description="Required `aud`.")
     algorithms: tuple[Algorithm, ...] = Field(default=("HS256",), min_length=1, description="Allow-listed algorithms.")
-    hs256_secret: SecretStr | None = Field(default=None, description="Shared HMAC secret, at least 32 bytes.")
-    jwks_file: Path | None = Field(default=None, description="JWKS file with public keys, picked by `kid`.")
-    leeway_s: Annotated[float, Field(ge=0, le=300)] = Field(default=0.0, description="Clock skew allowed.")
+    hs256_secret: SecretStr | None = Field(
+        default=None, description="HMAC secret of the default issuer, at least 32 bytes."
+    )
+    jwks_file: Path | None = Field(
+        default=None, description="JWKS file with the default issuer's public keys, picked by `kid`."
+    )
+    issuer_keys: dict[str, IssuerKeys] = Field(
+        default_factory=dict,
+        description="Keys of more issuers, as JSON: "
+        '`{"partner": {"jwks_file": "/keys/partner.json"}}`. A key verifies only its own issuer\'s tokens.',
+    )
+    leeway_s: Annotated[float, Field(ge=0, le=300)] = Field(
+        default=30.0, description="Clock skew allowed on `exp`, `nbf` and `iat`, at most 300 s."
+    )
     token_ttl_s: PositiveInt = Field(default=3600, description="`exp` of tokens minted by the CLI: how long to wait.")
 
     @field_validator("hs256_secret")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
-            raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
-        return value
+        return _check_secret_length(value)
+
+    @model_validator(mode="after")
+    def _keys_per_issuer(self) -> Self:
+        missing = [issuer for issuer in self.issuers[1:] if issuer not in self.issuer_keys]
+        if missing:
+            raise ValueError(f"issuers {missing} have no `issuer_keys` entry (only the first uses the global keys)")
+        return self
+
+    def issuer_key_settings(self) -> dict[str, IssuerKeys]:
+        """Every accepted issuer with its keys: the default issuer's are `hs256_secret` and `jwks_file`."""
+        default = IssuerKeys(hs256_secret=self.hs256_secret, jwks_file=self.jwks_file)
+        return {self.issuers[0]: default, **self.issuer_keys}
 
 
 class ModelDefaults(_Group):
@@ -305,9 +390,7 @@ class BridgeSettings(_Group):
     @field_validator("token_secret")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
-            raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
-        return value
+        return _check_secret_length(value)
 
 
 class WebhookSettings(_Group):
@@ -316,6 +399,12 @@ class WebhookSettings(_Group):
     secret: SecretStr | None = Field(
         default=None,
         description="HMAC-SHA256 key (at least 32 bytes) that signs every webhook; receivers verify with it.",
+    )
+    issuer_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Signing secret (at least 32 bytes) per issuer, as JSON: webhooks of a job whose owner's `iss` is "
+        "listed are signed with that issuer's secret, so one receiver cannot forge webhooks to another issuer's; "
+        "other issuers' fall back to `secret`.",
     )
     allowed_hosts: tuple[str, ...] = Field(
         default=(),
@@ -347,8 +436,13 @@ class WebhookSettings(_Group):
     @field_validator("secret")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
-            raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+        return _check_secret_length(value)
+
+    @field_validator("issuer_secrets")
+    @classmethod
+    def _issuer_secrets_long_enough(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for secret in value.values():
+            _check_secret_length(secret)
         return value
 
     @field_validator("allowed_hosts")
@@ -490,4 +584,19 @@ def _put(env: dict[str, str], key: str, value: object) -> None:
     elif isinstance(value, str | Path):
         env[key] = str(value)
     else:
-        env[key] = json.dumps(value)
+        env[key] = json.dumps(_plain(value))
+
+
+def _plain(value: object) -> object:
+    """JSON-ready form of a setting's value, secrets revealed (the child needs them)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return {name: _plain(item) for name, item in value if item is not None}
+    if isinstance(value, Mapping):
+        return {name: _plain(item) for name, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value

@@ -13,7 +13,7 @@ class CancelCommand(BaseModel):
     """Ask the workers to cancel a job: a queued job is skipped when it arrives, a running one stops at its next step.
 
     The message carries a bearer JWT like a request: `jti` = `job_id`, `body_sha256` of these bytes, and scope
-    `sdqueue:cancel` (only the job's own `sub` may cancel it) or `sdqueue:admin` (any job).
+    `sdqueue:cancel` (only the job's own caller, the same `iss` and `sub`, may cancel it) or `sdqueue:admin` (any job).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

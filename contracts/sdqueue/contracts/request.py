@@ -13,6 +13,10 @@ MODEL_ALIAS_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 MAX_SEED = 2**32 - 1
 MAX_METADATA_ENTRIES = 16
 MAX_CALLBACK_URL_LENGTH = 2048
+# An object key: segments joined by single slashes, no leading slash, no `..` anywhere, no control characters.
+_KEY_CHAR = r"[^/.\x00-\x1f\x7f-\x9f]"
+_KEY_SEGMENT = rf"(?:{_KEY_CHAR}|\.{_KEY_CHAR})+\.?"
+INIT_KEY_PATTERN = rf"^{_KEY_SEGMENT}(?:/{_KEY_SEGMENT})*$"
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 ModelAlias = Annotated[str, StringConstraints(pattern=MODEL_ALIAS_PATTERN)]
@@ -43,11 +47,11 @@ _MODE_RULES_SCHEMA: dict[str, JsonValue] = {
 
 
 class InitImageKey(BaseModel):
-    """An init image the client already put in the bucket (normally `inputs/<job_id>/init.<ext>`)."""
+    """An init image in the bucket: `inputs/<job_id>/…` of this job, or `outputs/<job>/…` of the caller's own job."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    key: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=INIT_KEY_PATTERN)]
 
 
 class InitImageData(BaseModel):

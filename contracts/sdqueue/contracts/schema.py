@@ -36,9 +36,12 @@ from sdqueue.contracts.topology import (
     DEFAULT_MODEL_ALIAS,
     EVENTS_EXCHANGE,
     REQUESTS_EXCHANGE,
+    RETRIES_HEADER,
     event_routing_key,
     request_queue_arguments,
     requests_queue,
+    retry_queue,
+    retry_queue_arguments,
 )
 
 Json = dict[str, Any]
@@ -53,10 +56,12 @@ EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 # What the worker declares for each request queue, with the default delivery limit.
 REQUEST_QUEUE_ARGUMENTS: Json = dict(request_queue_arguments())
 TOKEN_CLAIMS: dict[str, str] = {
-    "iss": "one of the configured issuers",
+    "iss": "one of the configured issuers; the token must verify with a key of that issuer",
     "aud": f'"{AUDIENCE}"',
-    "sub": f"the caller; only the same `sub` (or scope `{SCOPE_ADMIN}`) may cancel the job",
+    "sub": f"the caller within its issuer: the owner is (`iss`, `sub`); only it (or scope `{SCOPE_ADMIN}`) may "
+    "cancel the job, reuse its id or refine its outputs",
     "iat": "required",
+    "nbf": "optional (minted tokens carry none); the worker allows `auth.leeway_s` of skew, default 30 s, max 300",
     "exp": "required; the latest moment the job may *start* (later: `token_expired`)",
     "jti": "equals `job_id`",
     "body_sha256": "base64url (no padding) SHA-256 of the exact body bytes",
@@ -227,6 +232,7 @@ def _channels() -> Json:
         "replies": _replies_channel(),
         "control": _control_channel(),
         "dead": _dead_channel(),
+        "retries": _retries_channel(),
     }
 
 
@@ -239,6 +245,13 @@ def _requests_channel() -> Json:
             "`mandatory` set and publisher confirms on: a request for an alias no worker serves is returned\n"
             f"at once. Each served alias has a quorum queue `{requests_queue('<alias>')}`, declared by the\n"
             "worker only; clients never declare worker queues.\n"
+            "\n"
+            "Only a caller the worker can verify may speak for a job id: a message whose token is missing, not a\n"
+            "JWT, or not signed by a key of its own issuer for this job id, and a verified request for a job id\n"
+            "another owner (`iss`, `sub`) has claimed (`jobs/<job_id>.claim`), are dead-lettered with no event and\n"
+            "no reply. A verified caller's failures (claims, body, limits, images) get one `failed` event.\n"
+            "`init_image.key` must be under `inputs/<job_id>/` of the same job, or `outputs/<job>/` of a job with\n"
+            "the same owner; any other key is `forbidden`.\n"
         ),
         "parameters": {"alias": _ref("components", "parameters", "alias")},
         "messages": {"GenerationRequest": _ref("components", "messages", "GenerationRequest")},
@@ -254,6 +267,10 @@ def _events_channel() -> Json:
         "description": (
             f"Every event about every job, on the `{EVENTS_EXCHANGE}` topic exchange. Observers bind their own\n"
             "queues with patterns such as `job.*.succeeded`, `job.<job_id>.*` or `#`.\n"
+            "\n"
+            "Every event carries the AMQP `user_id` of the worker's own broker user; the broker refuses any other\n"
+            "value, so consumers accept an event only when `user_id` is a configured worker user\n"
+            "(`broker.worker_users`). Producers have no write permission on this exchange.\n"
         ),
         "parameters": {
             "job_id": _ref("components", "parameters", "job_id"),
@@ -270,7 +287,8 @@ def _replies_channel() -> Json:
         "title": "Direct replies",
         "description": (
             "If a request carries AMQP `reply_to`, the worker also sends each event of that job to the default\n"
-            "exchange with that routing key and the request's `correlation_id`.\n"
+            "exchange with that routing key and the request's `correlation_id`, with the same AMQP `user_id` as\n"
+            "on the events channel, and only for a request a verified caller sent.\n"
         ),
         "messages": {name: _ref("components", "messages", name) for name in _event_names()},
         "bindings": {
@@ -289,9 +307,11 @@ def _control_channel() -> Json:
         "title": "Control",
         "description": (
             f"Cancel commands on the `{CONTROL_EXCHANGE}` fanout exchange (the routing key is ignored). Each worker\n"
-            f"binds its own exclusive queue. Cancelling needs scope `{SCOPE_CANCEL}` and the job's `sub`, or\n"
-            f"scope `{SCOPE_ADMIN}`. A running job stops at its next step; a job not started yet is cancelled\n"
-            "when a worker takes it (workers remember a cancel for an hour). Either way it ends `cancelled`.\n"
+            f"binds its own exclusive queue. Cancelling needs scope `{SCOPE_CANCEL}` and the job's owner (`iss`\n"
+            f"and `sub`), or scope `{SCOPE_ADMIN}`. A running job stops at its next step; a job not started yet\n"
+            "is cancelled when a worker takes it (workers remember a cancel for an hour, per job and caller, so\n"
+            "another caller's cancel never replaces the owner's). Either way it ends `cancelled`, even after the\n"
+            "generation budget.\n"
         ),
         "messages": {"CancelCommand": _ref("components", "messages", "CancelCommand")},
         "bindings": _exchange_binding(CONTROL_EXCHANGE, "fanout"),
@@ -311,6 +331,32 @@ def _dead_channel() -> Json:
         "messages": {"GenerationRequest": _ref("components", "messages", "GenerationRequest")},
         "bindings": _exchange_binding(DEAD_EXCHANGE, "fanout"),
         "x-sdqueue-queue": _queue(DEAD_QUEUE, {"x-queue-type": "quorum"}),
+    }
+
+
+def _retries_channel() -> Json:
+    return {
+        "address": retry_queue("{alias}"),
+        "title": "Retries",
+        "description": (
+            "A transient failure (storage outage, out of memory, an unexpected error) is published by the worker\n"
+            "to this quorum queue through the default exchange, as a copy of the request with a per-message TTL\n"
+            f"(`expiration`) of its backoff and a `{RETRIES_HEADER}` header; the delivery is then acked, so a\n"
+            "backoff holds no prefetch slot. When the TTL ends the broker dead-letters the copy to\n"
+            f"`{REQUESTS_EXCHANGE}` under the alias. The attempt count is 1 + retries (the `x-death` count of\n"
+            "this queue, or the header) + redeliveries; past `broker.delivery_limit` the job ends in one\n"
+            "`delivery_limit_exceeded` event.\n"
+        ),
+        "parameters": {"alias": _ref("components", "parameters", "alias")},
+        "messages": {"GenerationRequest": _ref("components", "messages", "GenerationRequest")},
+        "bindings": {
+            "amqp": {
+                "is": "routingKey",
+                "exchange": {"type": "default", "vhost": "/"},
+                "bindingVersion": AMQP_BINDING_VERSION,
+            }
+        },
+        "x-sdqueue-queue": _queue(retry_queue("{alias}"), retry_queue_arguments("{alias}")),
     }
 
 
@@ -498,7 +544,8 @@ def _event_message(model: type[BaseModel]) -> Json:
         "summary": model.__doc__,
         "description": (
             f"Routing key `{event_routing_key('<job_id>', event_type)}`; persistent; `message_id` unique per event;\n"
-            f"AMQP `type={event_type}`; `correlation_id` is the job id (or the request's, on direct replies).\n"
+            f"AMQP `type={event_type}`; `correlation_id` is the job id (or the request's, on direct replies);\n"
+            "`user_id` is the worker's broker user.\n"
         ),
         "contentType": CONTENT_TYPE,
         "payload": _ref("components", "schemas", model.__name__),
@@ -566,8 +613,9 @@ def _token_description() -> str:
     rows = "".join(f"| `{claim}` | {rule} |\n" for claim, rule in TOKEN_CLAIMS.items())
     return (
         f"A JWT in the `{AUTHORIZATION_HEADER}` AMQP header of each request, as `{BEARER_PREFIX}<JWT>`, bound to\n"
-        "that message's body. Algorithms come from the worker's allow-list (HS256 with a shared secret;\n"
-        "EdDSA, ES256, RS256 with keys picked by `kid` from a JWKS file); `none` is never accepted.\n"
+        "that message's body. Algorithms come from the worker's allow-list (HS256 with the issuer's secret;\n"
+        "EdDSA, ES256, RS256 with keys picked by `kid` from the issuer's JWKS file); a key verifies only its own\n"
+        "issuer's tokens; `none` is never accepted.\n"
         "\n"
         "| claim | rule |\n"
         "| --- | --- |\n"

@@ -12,6 +12,7 @@ CONTROL_EXCHANGE = "sdqueue.control"
 REQUESTS_QUEUE_PREFIX = "sdqueue.requests."
 WEBHOOKS_QUEUE = "sdqueue.webhooks"
 OVERFLOW_QUEUE_PREFIX = "sdqueue.overflow."
+RETRY_QUEUE_PREFIX = "sdqueue.retry."
 # Each exchange's AMQP type. Every party declares what it publishes to or binds (declares are idempotent), so a
 # producer that starts before any worker gets "no route" rather than a channel the broker closes.
 EXCHANGE_TYPES = {
@@ -23,8 +24,12 @@ EXCHANGE_TYPES = {
 
 AUTHORIZATION_HEADER = "authorization"
 DELIVERY_COUNT_HEADER = "x-delivery-count"
+DEATH_HEADER = "x-death"
+# The worker's own count of a request's retries, for brokers that do not carry a client-copied `x-death` forward.
+RETRIES_HEADER = "sdqueue-retries"
 CALLBACK_URL_HEADER = "sdqueue-callback-url"
 TASK_SIGNATURE_HEADER = "sdqueue-task-signature"
+TASK_ISSUER_HEADER = "sdqueue-issuer"
 DEFAULT_MODEL_ALIAS = "default"
 DEFAULT_DELIVERY_LIMIT = 3
 # Redeliveries of one webhook task (relay crashes and restarts); its POST retries happen inside one delivery.
@@ -45,6 +50,23 @@ def request_queue_arguments(delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> dic
 def webhook_queue_arguments() -> dict[str, Any]:
     """Arguments of `sdqueue.webhooks`: a quorum queue like the request queues, dead-lettering to `sdqueue.dead`."""
     return request_queue_arguments(WEBHOOK_DELIVERY_LIMIT)
+
+
+def retry_queue_arguments(alias: str) -> dict[str, Any]:
+    """Arguments of an alias's retry queue: each message waits out its own TTL (`expiration`), then is
+    dead-lettered back to `sdqueue.requests` under the alias, as a fresh delivery."""
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": REQUESTS_EXCHANGE,
+        "x-dead-letter-routing-key": alias,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def retry_queue(alias: str) -> str:
+    """Name the quorum queue where a request waits out its backoff before its next attempt, per model alias."""
+    return f"{RETRY_QUEUE_PREFIX}{alias}"
 
 
 def requests_queue(alias: str) -> str:
@@ -80,3 +102,8 @@ def input_key(job_id: str, extension: str) -> str:
 def record_key(job_id: str) -> str:
     """Object key of a job's result record: its terminal event."""
     return f"jobs/{job_id}.json"
+
+
+def claim_key(job_id: str) -> str:
+    """Object key of a job id's claim: which caller (issuer and subject) the id belongs to."""
+    return f"jobs/{job_id}.claim"

@@ -232,6 +232,8 @@ def _weed_args(data_dir: Path, *, config_file: Path, ports: dict[str, int]) -> l
         "-master.telemetry=false",
         "-webdav=false",
         "-admin.ui=false",
+        # The filer's HTTP port would serve every object and listing without credentials; S3 needs only its gRPC.
+        "-disableHttp",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-volume.preStopSeconds=0",

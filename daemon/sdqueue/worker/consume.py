@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -25,14 +25,18 @@ from sdqueue.contracts.topology import (
     CONTROL_EXCHANGE,
     DEAD_EXCHANGE,
     DEAD_QUEUE,
+    DEATH_HEADER,
     DELIVERY_COUNT_HEADER,
     EVENTS_EXCHANGE,
     EXCHANGE_TYPES,
     REQUESTS_EXCHANGE,
+    RETRIES_HEADER,
     WEBHOOKS_QUEUE,
     overflow_queue,
     request_queue_arguments,
     requests_queue,
+    retry_queue,
+    retry_queue_arguments,
     webhook_queue_arguments,
 )
 
@@ -55,11 +59,12 @@ class Delivery:
     delivery_count: int
     published_at: datetime | None
     lane: Lane = "main"
+    retries: int = 0
 
     @property
     def attempt(self) -> int:
-        """1 for the first delivery, 2 for the first redelivery, …"""
-        return self.delivery_count + 1
+        """1 for the first delivery, then one more per retry through the retry queue and per redelivery."""
+        return self.retries + self.delivery_count + 1
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ async def declare_topology(channel: AbstractChannel, *, aliases: Iterable[str], 
         )
         await queue.bind(requests, routing_key=alias)
         queues[alias] = queue
+        await channel.declare_queue(retry_queue(alias), durable=True, arguments=retry_queue_arguments(alias))
     return Topology(events=events, requests=queues)
 
 
@@ -141,4 +147,22 @@ def to_delivery(message: AbstractIncomingMessage, *, alias: str, lane: Lane = "m
         delivery_count=max(count, 0) if isinstance(count, int) else 0,
         published_at=published_at,
         lane=lane,
+        retries=retries_so_far(headers, alias=alias),
     )
+
+
+def retries_so_far(headers: Mapping[str, object], *, alias: str) -> int:
+    """How often this request came back from the retry queue: the broker's `x-death` count for it, or the worker's
+    own header where the broker does not carry a re-published `x-death` forward (both are set by workers only,
+    and a producer forging either only cuts its own job's retries short)."""
+    deaths = headers.get(DEATH_HEADER)
+    counts = [_expired_count(death, queue=retry_queue(alias)) for death in deaths] if isinstance(deaths, list) else []
+    own = headers.get(RETRIES_HEADER)
+    return max([0, own if isinstance(own, int) else 0, *counts])
+
+
+def _expired_count(death: object, *, queue: str) -> int:
+    if not isinstance(death, Mapping) or death.get("queue") != queue or death.get("reason") != "expired":
+        return 0
+    count = death.get("count")
+    return count if isinstance(count, int) else 0

@@ -9,18 +9,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sdqueue.contracts import CancelledEvent, ErrorInfo, FailedEvent, StartedEvent, Timings, utc_now
+from sdqueue.worker.verify import Caller
 
 
 @dataclass(kw_only=True)
 class JobContext:
-    """Mutable per-job state; filled in as stages succeed (owner after verify, metadata and callback after validate)."""
+    """Mutable per-job state; filled in as stages succeed (caller once the signature verified, owner once the claims
+    held too, metadata and callback after validate)."""
 
     job_id: str
     model: str
     worker: str
     attempt: int
     published_at: datetime | None
-    owner: str | None = None
+    caller: Caller | None = None
+    owner: Caller | None = None
     rank: int = 0
     metadata: dict[str, str] = field(default_factory=dict)
     callback_url: str | None = None  # set only once the allow-list accepted it

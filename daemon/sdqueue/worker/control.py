@@ -21,7 +21,7 @@ from sdqueue.config import AuthSettings
 from sdqueue.contracts import SCOPE_ADMIN, SCOPE_CANCEL, CancelCommand
 from sdqueue.contracts.topology import AUTHORIZATION_HEADER, CONTROL_EXCHANGE
 from sdqueue.worker.errors import SdqueueError
-from sdqueue.worker.verify import VerificationKeys, verify_token
+from sdqueue.worker.verify import Caller, VerificationKeys, verify_token
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,22 @@ class CancelRequest:
     """A verified cancel: which job, asked by whom."""
 
     job_id: str
-    subject: str
+    caller: Caller
     is_admin: bool
 
-    def may_cancel(self, owner: str) -> bool:
-        """Only the job's own caller, or an admin, may cancel it."""
-        return self.is_admin or self.subject == owner
+    def may_cancel(self, owner: Caller) -> bool:
+        """Only the job's own caller (same issuer and subject), or an admin, may cancel it."""
+        return self.is_admin or self.caller == owner
+
+    @property
+    def pending_key(self) -> tuple[str, Caller | None]:
+        """Pending cancels are kept per (job, caller), so nobody's cancel replaces the owner's; admins' share one."""
+        return (self.job_id, None if self.is_admin else self.caller)
 
 
 @dataclass
 class _Running:
-    owner: str
+    owner: Caller
     stop: threading.Event
 
 
@@ -55,13 +60,14 @@ class JobRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
-        self._pending: OrderedDict[str, tuple[CancelRequest, float]] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, Caller | None], float] = OrderedDict()
 
-    def start(self, job_id: str, *, owner: str) -> threading.Event | None:
-        """Register a job about to run and return its stop flag; None if a pending cancel already applies."""
+    def start(self, job_id: str, *, owner: Caller) -> threading.Event | None:
+        """Register a job about to run and return its stop flag; None if its owner's or an admin's cancel is pending."""
         with self._lock:
-            pending = self._pending.pop(job_id, None)
-            if pending is not None and pending[0].may_cancel(owner) and time.monotonic() < pending[1]:
+            now = time.monotonic()
+            expiries = [self._pending.pop(key, 0.0) for key in ((job_id, owner), (job_id, None))]
+            if any(now < expiry for expiry in expiries):
                 return None
             stop = threading.Event()
             self._running[job_id] = _Running(owner=owner, stop=stop)
@@ -78,7 +84,7 @@ class JobRegistry:
             running = self._running.get(request.job_id)
             if running is not None:
                 if not request.may_cancel(running.owner):
-                    log.warning("job %s: cancel by %s refused: not the owner", request.job_id, request.subject)
+                    log.warning("job %s: cancel by %s refused: not the owner", request.job_id, request.caller)
                     return False
                 running.stop.set()
                 return True
@@ -86,8 +92,8 @@ class JobRegistry:
             return False
 
     def _remember(self, request: CancelRequest) -> None:
-        self._pending[request.job_id] = (request, time.monotonic() + PENDING_CANCEL_TTL_S)
-        self._pending.move_to_end(request.job_id)
+        self._pending[request.pending_key] = time.monotonic() + PENDING_CANCEL_TTL_S
+        self._pending.move_to_end(request.pending_key)
         while len(self._pending) > MAX_PENDING_CANCELS:
             self._pending.popitem(last=False)
 
@@ -110,7 +116,7 @@ def parse_cancel(message: AbstractIncomingMessage, *, auth: AuthSettings, keys: 
         keys=keys,
         required_scopes=frozenset({SCOPE_CANCEL, SCOPE_ADMIN}),
     )
-    return CancelRequest(job_id=command.job_id, subject=claims.subject, is_admin=SCOPE_ADMIN in claims.scopes)
+    return CancelRequest(job_id=command.job_id, caller=claims.caller, is_admin=SCOPE_ADMIN in claims.scopes)
 
 
 async def consume_control(
@@ -137,4 +143,4 @@ def apply_cancel(
         log.warning("dropping a control message: %s", exc)
         return
     stopped = registry.cancel(request)
-    log.info("job %s: cancel by %s (%s)", request.job_id, request.subject, "stopping" if stopped else "remembered")
+    log.info("job %s: cancel by %s (%s)", request.job_id, request.caller, "stopping" if stopped else "remembered")

@@ -72,6 +72,25 @@ class GenerationFailed(JobRejected):
     code = ErrorCode.GENERATION_FAILED
 
 
+class Unattributed(JobRejected):
+    """No verified caller may speak for this job id: dead-lettered without any event or reply.
+
+    Reporting it would let anyone who may publish a request make another caller's job look failed.
+    """
+
+
+class MissingToken(Unauthenticated, Unattributed):
+    """No bearer token, or one that is not a JWT."""
+
+
+class UnverifiedToken(InvalidToken, Unattributed):
+    """The signature does not verify with a key of the token's own issuer, or the token names another job."""
+
+
+class JobIdTaken(Forbidden, Unattributed):
+    """The job id is claimed by another caller."""
+
+
 class Cancelled(SdqueueError):
     """The owner or an admin cancelled the job."""
 
@@ -87,6 +106,10 @@ class ServiceUnavailable(SdqueueError):
 
 class StorageError(ServiceUnavailable):
     code = ErrorCode.STORAGE_ERROR
+
+
+class StorageRefused(StorageError):
+    """The bucket refused the request itself (a 4xx other than throttling): the same request will be refused again."""
 
 
 class OutOfMemory(ServiceUnavailable):

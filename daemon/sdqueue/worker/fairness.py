@@ -24,7 +24,7 @@ from sdqueue.contracts.topology import DELIVERY_COUNT_HEADER, overflow_queue
 from sdqueue.worker.consume import Delivery, Lane
 from sdqueue.worker.errors import SdqueueError
 from sdqueue.worker.settle import settle
-from sdqueue.worker.verify import Claims, verify_token
+from sdqueue.worker.verify import Caller, Claims, verify_token
 
 if TYPE_CHECKING:
     from sdqueue.worker.services import Services
@@ -40,9 +40,9 @@ class FairIntake:
 
     def __init__(self, fairness: FairnessSettings) -> None:
         self._fairness = fairness
-        self._held: collections.Counter[str] = collections.Counter()
+        self._held: collections.Counter[Caller] = collections.Counter()
 
-    def admit(self, caller: str, priority: Priority) -> bool:
+    def admit(self, caller: Caller, priority: Priority) -> bool:
         """Take the job into this worker now (True, counted until `release`) or send it to the overflow lane."""
         over_share = self._held[caller] >= self._fairness.max_per_caller
         if priority == "low" or (over_share and priority != "high"):
@@ -50,13 +50,13 @@ class FairIntake:
         self._held[caller] += 1
         return True
 
-    def release(self, caller: str) -> None:
+    def release(self, caller: Caller) -> None:
         """The caller's admitted job is settled; its share frees up."""
         self._held[caller] -= 1
         if self._held[caller] <= 0:
             del self._held[caller]
 
-    def held(self, caller: str) -> int:
+    def held(self, caller: Caller) -> int:
         """Main-lane jobs of this caller that the worker holds now."""
         return self._held[caller]
 
@@ -73,13 +73,13 @@ async def take_in(delivery: Delivery, *, services: Services) -> Callable[[], Non
     claims = _peek_claims(delivery, services=services)
     if claims is None:
         return _nothing
-    if intake.admit(claims.subject, claims.quota.priority):
-        return lambda: intake.release(claims.subject)
+    if intake.admit(claims.caller, claims.quota.priority):
+        return lambda: intake.release(claims.caller)
     timeout_s = services.settings.broker.publish_timeout_s
     if not await move_to_overflow(delivery, channel=services.channel, timeout_s=timeout_s):
         return _nothing
     services.metrics.overflowed.labels(model=delivery.alias).inc()
-    log.debug("job %s: caller %s is over its share; moved to the overflow lane", delivery.message_id, claims.subject)
+    log.debug("job %s: caller %s is over its share; moved to the overflow lane", delivery.message_id, claims.caller)
     await settle(delivery.message, "ack", job_id=delivery.message_id)
     return None
 

@@ -38,27 +38,37 @@ async def heartbeats(services: Services, *, in_flight: Sized, stopping: asyncio.
             interval_s=settings.heartbeat_interval_s,
         )
 
-    timeout_s = settings.broker.publish_timeout_s
-    loop = asyncio.create_task(_send_every(settings.heartbeat_interval_s, services.events, describe, timeout_s))
+    timeout_s, user_id = settings.broker.publish_timeout_s, settings.broker.user_name
+    loop = asyncio.create_task(
+        _send_every(settings.heartbeat_interval_s, services.events, describe, timeout_s=timeout_s, user_id=user_id)
+    )
     try:
         yield
     finally:
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
-        await send_heartbeat(services.events, describe(), timeout_s=timeout_s)
+        await send_heartbeat(services.events, describe(), timeout_s=timeout_s, user_id=user_id)
 
 
 async def _send_every(
-    interval_s: float, events: AbstractExchange, describe: Callable[[], WorkerHeartbeat], timeout_s: float
+    interval_s: float,
+    events: AbstractExchange,
+    describe: Callable[[], WorkerHeartbeat],
+    *,
+    timeout_s: float,
+    user_id: str,
 ) -> None:
     while True:
-        await send_heartbeat(events, describe(), timeout_s=timeout_s)
+        await send_heartbeat(events, describe(), timeout_s=timeout_s, user_id=user_id)
         await asyncio.sleep(interval_s)
 
 
-async def send_heartbeat(events: AbstractExchange, heartbeat: WorkerHeartbeat, *, timeout_s: float) -> None:
-    """Publish one heartbeat, transient and expiring after three intervals; a lost one is only logged."""
+async def send_heartbeat(
+    events: AbstractExchange, heartbeat: WorkerHeartbeat, *, timeout_s: float, user_id: str
+) -> None:
+    """Publish one heartbeat as `user_id` (the worker's broker user), transient and expiring after three
+    intervals; a lost one is only logged."""
     message = aio_pika.Message(
         heartbeat.model_dump_json().encode(),
         content_type="application/json",
@@ -67,6 +77,7 @@ async def send_heartbeat(events: AbstractExchange, heartbeat: WorkerHeartbeat, *
         type=heartbeat.type,
         timestamp=heartbeat.at,
         expiration=3 * heartbeat.interval_s,
+        user_id=user_id,
     )
     try:
         async with asyncio.timeout(timeout_s):

@@ -5,14 +5,35 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 import warnings
 
 from PIL import Image, UnidentifiedImageError
 
 from sdqueue.config import LimitSettings
-from sdqueue.worker.errors import ImageTooLarge, InvalidImage
+from sdqueue.contracts import JOB_ID_PATTERN
+from sdqueue.worker.errors import Forbidden, ImageTooLarge, InvalidImage
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
+# One answer for every key the caller may not read, so it cannot learn which keys exist.
+INIT_KEY_FORBIDDEN = "init_image.key must be under inputs/<job_id>/ of this job or outputs/<job>/ of your own job"
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
+def init_key_job(key: str, *, job_id: str) -> str:
+    """Return the job an init image key belongs to: this job for `inputs/<job_id>/…`, the named one for
+    `outputs/<job>/…` (whose record must then have the caller as its owner).
+
+    Raises:
+        Forbidden: any other key, with the same message whether or not an object is stored there.
+    """
+    prefix, _, rest = key.partition("/")
+    named, _, name = rest.partition("/")
+    if name and prefix == "inputs" and named == job_id:
+        return job_id
+    if name and prefix == "outputs" and _JOB_ID.match(named):
+        return named
+    raise Forbidden(INIT_KEY_FORBIDDEN)
 
 
 def decode_inline_image(data: str, *, max_bytes: int) -> bytes:

@@ -14,14 +14,16 @@ from sdqueue.contracts.topology import record_key
 from sdqueue.worker import store
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
-from sdqueue.worker.errors import Forbidden, SdqueueError
+from sdqueue.worker.errors import JobIdTaken, SdqueueError
 from sdqueue.worker.publish import publish_event
 from sdqueue.worker.services import Services
+from sdqueue.worker.verify import Caller
 from sdqueue.worker.webhooks import enqueue_webhook
 
 log = logging.getLogger(__name__)
 
 OWNER_METADATA_KEY = "sub"
+ISSUER_METADATA_KEY = "iss"
 MAX_RECORD_BYTES = 1024 * 1024
 
 
@@ -30,7 +32,7 @@ class StoredRecord:
     """A job's result record as found in the bucket, with the caller that owns it."""
 
     event: TerminalEvent
-    owner: str
+    owner: Caller
 
 
 async def load_record(job_id: str, *, services: Services) -> StoredRecord | None:
@@ -47,7 +49,9 @@ async def load_record(job_id: str, *, services: Services) -> StoredRecord | None
     )
     if stored is None:
         return None
-    owner = unquote(stored.metadata.get(OWNER_METADATA_KEY, ""))
+    # Records written before owners carried their issuer belong to the default issuer.
+    issuer = unquote(stored.metadata.get(ISSUER_METADATA_KEY, services.settings.auth.issuers[0]))
+    owner = Caller(issuer, unquote(stored.metadata.get(OWNER_METADATA_KEY, "")))
     return StoredRecord(event=parse_terminal_event(stored.data), owner=owner)
 
 
@@ -55,13 +59,13 @@ async def republish_record(*, ctx: JobContext, delivery: Delivery, services: Ser
     """If this job already has a result record, publish it again instead of generating twice.
 
     Raises:
-        Forbidden: the job id belongs to another caller.
+        JobIdTaken: the job id belongs to another caller.
     """
     record = await load_record(ctx.job_id, services=services)
     if record is None:
         return False
     if record.owner != ctx.owner:
-        raise Forbidden("this job id is already used by another caller")
+        raise JobIdTaken("this job id is already used by another caller")
     log.info("job %s already finished; re-publishing its record", ctx.job_id)
     await announce(record.event, ctx=ctx, delivery=delivery, services=services)
     return True
@@ -70,7 +74,7 @@ async def republish_record(*, ctx: JobContext, delivery: Delivery, services: Ser
 async def finish(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:
     """Store the result record once the caller is known (first writer wins), then publish the stored outcome."""
     if ctx.owner is not None:
-        s3, owner = services.settings.s3, quote(ctx.owner, safe="")
+        s3, owner = services.settings.s3, ctx.owner
         written = await store.durable(
             lambda: store.put_object_if_absent(
                 services.s3,
@@ -78,7 +82,10 @@ async def finish(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, s
                 key=record_key(ctx.job_id),
                 data=event.model_dump_json().encode(),
                 content_type="application/json",
-                metadata={OWNER_METADATA_KEY: owner},
+                metadata={
+                    ISSUER_METADATA_KEY: quote(owner.issuer, safe=""),
+                    OWNER_METADATA_KEY: quote(owner.subject, safe=""),
+                },
             ),
             job_id=ctx.job_id,
             budget_s=s3.outage_budget_s,
@@ -93,10 +100,11 @@ async def finish(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, s
 async def announce(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:
     """Publish a terminal event and, when the request named an allowed callback, queue its webhook; both confirmed."""
     await emit(event, delivery=delivery, services=services)
-    if ctx.callback_url is not None:
+    if ctx.callback_url is not None and ctx.owner is not None:
         await enqueue_webhook(
             event,
             url=ctx.callback_url,
+            issuer=ctx.owner.issuer,
             channel=services.channel,
             webhooks=services.settings.webhooks,
             timeout_s=services.settings.broker.publish_timeout_s,
@@ -117,4 +125,5 @@ async def emit(event: JobEvent, *, delivery: Delivery, services: Services) -> No
         reply_to=delivery.reply_to,
         correlation_id=delivery.correlation_id,
         timeout_s=services.settings.broker.publish_timeout_s,
+        user_id=services.settings.broker.user_name,
     )

@@ -24,26 +24,31 @@ from sdqueue.contracts import (
 from sdqueue.contracts.topology import output_key
 from sdqueue.worker import store
 from sdqueue.worker.batching import Batcher
+from sdqueue.worker.claim import claim_job, is_held_by_another
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
 from sdqueue.worker.errors import (
     Cancelled,
     DeliveryLimitExceeded,
+    Forbidden,
     InvalidImage,
     LimitsExceeded,
     SdqueueError,
     ServiceUnavailable,
+    StorageRefused,
+    Unattributed,
 )
 from sdqueue.worker.fairness import batch_rank
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec
-from sdqueue.worker.inputs import decode_inline_image, load_init_image
-from sdqueue.worker.outcome import emit, finish, report_failure, republish_record
+from sdqueue.worker.inputs import INIT_KEY_FORBIDDEN, decode_inline_image, init_key_job, load_init_image
+from sdqueue.worker.outcome import emit, finish, load_record, report_failure, republish_record
 from sdqueue.worker.publish import PublishFailed
+from sdqueue.worker.retry import retry_backoff_s, schedule_retry
 from sdqueue.worker.services import Services
 from sdqueue.worker.settle import Settlement
 from sdqueue.worker.validate import image_seeds, job_id_from_body, parse_job
-from sdqueue.worker.verify import verify_token
+from sdqueue.worker.verify import GENERATE_SCOPES, authenticate, check_claims
 from sdqueue.worker.webhooks import check_callback_url
 
 log = logging.getLogger(__name__)
@@ -72,40 +77,59 @@ async def process_delivery(delivery: Delivery, services: Services) -> Settlement
         await run_job(delivery, ctx, services)
     except ServiceUnavailable as error:
         return await retry_or_give_up(error, ctx=ctx, delivery=delivery, services=services)
+    except Unattributed as error:
+        log.warning("job %s: dead-lettered unreported: %s (%s)", job_id, error.code, error.message)
+        return "reject"
     except Cancelled as error:
         log.info("job %s cancelled: %s", job_id, error.message)
         await finish(ctx.cancelled(error.to_info()), ctx=ctx, delivery=delivery, services=services)
         return "ack"
     except SdqueueError as error:
-        log.info("job %s failed: %s (%s)", job_id, error.code, error.message)
-        await report_failure(error, ctx=ctx, delivery=delivery, services=services)
+        await reject_job(error, ctx=ctx, delivery=delivery, services=services)
         return "reject"
     return "ack"
 
 
+async def reject_job(error: SdqueueError, *, ctx: JobContext, delivery: Delivery, services: Services) -> None:
+    """Report a rejected job to its verified caller, unless the job id is another caller's (then say nothing)."""
+    if ctx.caller is not None and await is_held_by_another(ctx.job_id, caller=ctx.caller, services=services):
+        log.warning(
+            "job %s: %s by %s, but the job id is another caller's; unreported", ctx.job_id, error.code, ctx.caller
+        )
+        return
+    log.info("job %s failed: %s (%s)", ctx.job_id, error.code, error.message)
+    await report_failure(error, ctx=ctx, delivery=delivery, services=services)
+
+
 async def retry_or_give_up(error: Exception, *, ctx: JobContext, delivery: Delivery, services: Services) -> Settlement:
-    """Requeue a retryable failure after a backoff, or on the last allowed delivery report it and dead-letter."""
-    limit = services.settings.broker.delivery_limit
-    if delivery.delivery_count >= limit:
+    """Send a retryable failure to the retry queue (acking this delivery), or once the delivery limit is spent,
+    report `delivery_limit_exceeded` and dead-letter it."""
+    broker = services.settings.broker
+    if delivery.retries + delivery.delivery_count >= broker.delivery_limit:
         reason = error.message if isinstance(error, SdqueueError) else "internal error"
         final = DeliveryLimitExceeded(f"gave up after {delivery.attempt} attempts; last error: {reason}")
         log.warning("job %s: %s", ctx.job_id, final.message)
         await report_failure(final, ctx=ctx, delivery=delivery, services=services)
         return "reject"
     services.metrics.requeues.labels(model=ctx.model).inc()
-    backoff_s = min(0.5 * 2**delivery.delivery_count, 10.0)
-    log.warning("job %s: retryable failure (%s); requeue in %.1fs", ctx.job_id, error, backoff_s)
-    await asyncio.sleep(backoff_s)
+    backoff_s = retry_backoff_s(delivery.retries, broker=broker)
+    log.warning("job %s: retryable failure (%s); retry in %.1fs", ctx.job_id, error, backoff_s)
+    if await schedule_retry(
+        delivery, backoff_s=backoff_s, channel=services.channel, timeout_s=broker.publish_timeout_s
+    ):
+        return "ack"
     return "requeue"
 
 
 async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> None:
     """The happy path; any stage may raise one of our errors, which the caller turns into an outcome."""
     settings = services.settings
-    claims = verify_token(
-        delivery.authorization, body=delivery.body, job_id=ctx.job_id, auth=settings.auth, keys=services.keys
+    verified = authenticate(delivery.authorization, job_id=ctx.job_id, auth=settings.auth, keys=services.keys)
+    ctx.caller = verified.caller
+    claims = check_claims(
+        verified, body=delivery.body, job_id=ctx.job_id, auth=settings.auth, required_scopes=GENERATE_SCOPES
     )
-    ctx.owner, ctx.rank = claims.subject, batch_rank(delivery.lane, claims.quota.priority)
+    ctx.owner, ctx.rank = claims.caller, batch_rank(delivery.lane, claims.quota.priority)
     generator = services.generators[delivery.alias]
     request = parse_job(
         delivery.body,
@@ -121,7 +145,8 @@ async def run_job(delivery: Delivery, ctx: JobContext, services: Services) -> No
     ctx.callback_url = check_callback_url(request.callback_url, webhooks=settings.webhooks)
     if await republish_record(ctx=ctx, delivery=delivery, services=services):
         return
-    stop = services.registry.start(ctx.job_id, owner=claims.subject)
+    await claim_job(ctx.job_id, caller=claims.caller, services=services)
+    stop = services.registry.start(ctx.job_id, owner=claims.caller)
     if stop is None:
         raise Cancelled("the job was cancelled before it started")
     try:
@@ -134,7 +159,7 @@ async def produce(
     request: GenerationRequest, *, stop: threading.Event, ctx: JobContext, delivery: Delivery, services: Services
 ) -> None:
     """Load input, generate, encode, upload, then record and publish the result."""
-    init_image = await fetch_init_image(request, services=services)
+    init_image = await fetch_init_image(request, ctx=ctx, services=services)
     await emit(ctx.started(), delivery=delivery, services=services)
     generated = await generate(
         request,
@@ -158,10 +183,11 @@ async def produce(
     await finish(event, ctx=ctx, delivery=delivery, services=services)
 
 
-async def fetch_init_image(request: GenerationRequest, *, services: Services) -> Image.Image | None:
+async def fetch_init_image(request: GenerationRequest, *, ctx: JobContext, services: Services) -> Image.Image | None:
     """Load the img2img init image, inline or from the bucket, as RGB.
 
     Raises:
+        Forbidden: the key is not this job's input nor an output of the caller's own job.
         InvalidImage, ImageTooLarge: the image is missing, unreadable or too large.
         StorageError: the bucket is unreachable.
     """
@@ -171,16 +197,45 @@ async def fetch_init_image(request: GenerationRequest, *, services: Services) ->
     if isinstance(request.init_image, InitImageData):
         data = decode_inline_image(request.init_image.data, max_bytes=limits.max_inline_image_bytes)
     else:
-        key, s3 = request.init_image.key, services.settings.s3
+        key = request.init_image.key
+        await check_init_key(key, ctx=ctx, services=services)
         stored = await store.durable(
-            lambda: store.read_object(services.s3, bucket=s3.bucket, key=key, max_bytes=limits.max_init_image_bytes),
+            lambda: read_init_object(key, services=services),
             job_id=request.job_id,
-            budget_s=s3.outage_budget_s,
+            budget_s=services.settings.s3.outage_budget_s,
         )
         if stored is None:
             raise InvalidImage("init image key does not exist in the bucket")
         data = stored.data
     return await asyncio.to_thread(load_init_image, data, limits=limits)
+
+
+async def check_init_key(key: str, *, ctx: JobContext, services: Services) -> None:
+    """Allow this job's own inputs, and the outputs of a job whose record has the same owner.
+
+    Raises:
+        Forbidden: any other key (one message whether or not the object exists).
+    """
+    source = init_key_job(key, job_id=ctx.job_id)
+    if source == ctx.job_id:
+        return
+    record = await load_record(source, services=services)
+    if record is None or record.owner != ctx.owner:
+        raise Forbidden(INIT_KEY_FORBIDDEN)
+
+
+async def read_init_object(key: str, *, services: Services) -> store.StoredBytes | None:
+    """Read an init image by key; a 4xx other than throttling is the key's fault, not an outage.
+
+    Raises:
+        InvalidImage: the bucket refused this key.
+        StorageError: the bucket is unreachable.
+    """
+    s3, limits = services.settings.s3, services.settings.limits
+    try:
+        return await store.read_object(services.s3, bucket=s3.bucket, key=key, max_bytes=limits.max_init_image_bytes)
+    except StorageRefused as exc:
+        raise InvalidImage("init image key cannot be read") from exc
 
 
 async def generate(
@@ -211,7 +266,8 @@ async def generate(
         with ctx.phase("generate"):
             generated = await batcher.generate(spec, on_step=on_step, should_stop=should_stop, rank=ctx.rank)
     except Cancelled as exc:
-        if time.monotonic() > deadline:
+        # A cancel by the caller is a cancel even when it lands after the budget.
+        if not stop.is_set() and time.monotonic() > deadline:
             budget_s = services.settings.limits.max_generate_s
             raise LimitsExceeded(f"generation took longer than its {budget_s:g}s budget") from exc
         raise

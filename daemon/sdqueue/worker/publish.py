@@ -25,8 +25,12 @@ async def publish_event(
     reply_to: str | None,
     correlation_id: str | None,
     timeout_s: float,
+    user_id: str,
 ) -> None:
     """Publish one event persistently and wait for its confirm; copy it to `reply_to` when the request asked.
+
+    Both carry `user_id`, the worker's own broker user: the broker refuses any other, so a consumer that checks it
+    knows a worker sent the event.
 
     Raises:
         PublishFailed: no confirm within `timeout_s`, or the channel is closed.
@@ -35,15 +39,18 @@ async def publish_event(
     try:
         async with asyncio.timeout(timeout_s):
             await events.publish(
-                _message(body, event, correlation_id), routing_key=event_routing_key(event.job_id, event.type)
+                _message(body, event, correlation_id, user_id=user_id),
+                routing_key=event_routing_key(event.job_id, event.type),
             )
             if reply_to:
-                await channel.default_exchange.publish(_message(body, event, correlation_id), routing_key=reply_to)
+                await channel.default_exchange.publish(
+                    _message(body, event, correlation_id, user_id=user_id), routing_key=reply_to
+                )
     except (AMQPError, TimeoutError, ConnectionError, RuntimeError) as exc:
         raise PublishFailed(f"event {event.type} for job {event.job_id} was not confirmed") from exc
 
 
-def _message(body: bytes, event: JobEvent, correlation_id: str | None) -> aio_pika.Message:
+def _message(body: bytes, event: JobEvent, correlation_id: str | None, *, user_id: str) -> aio_pika.Message:
     return aio_pika.Message(
         body,
         content_type="application/json",
@@ -52,4 +59,5 @@ def _message(body: bytes, event: JobEvent, correlation_id: str | None) -> aio_pi
         correlation_id=correlation_id or event.job_id,
         type=event.type,
         timestamp=event.at,
+        user_id=user_id,
     )

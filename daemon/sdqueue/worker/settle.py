@@ -24,6 +24,7 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement, *, jo
         elif settlement == "reject":
             await message.reject(requeue=False)
         else:
-            await message.nack(requeue=True)
+            # reject, not nack: from RabbitMQ 4.3 only a reject raises a quorum queue's delivery count.
+            await message.reject(requeue=True)
     except (AMQPError, ConnectionError, RuntimeError) as exc:
         log.warning("job %s: could not %s (%s); the broker will redeliver it", job_id, settlement, exc)

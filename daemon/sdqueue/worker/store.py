@@ -21,7 +21,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from sdqueue.config.s3 import object_url as bucket_object_url
 from sdqueue.config.settings import S3Settings
-from sdqueue.worker.errors import StorageError
+from sdqueue.worker.errors import StorageError, StorageRefused
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -34,6 +34,11 @@ _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _PRECONDITION_FAILED_CODES = frozenset({"412", "PreconditionFailed"})
 _EMPTY_RANGE_CODES = frozenset({"416", "InvalidRange"})
 _SAFE_ERROR_CODE = re.compile(r"^[A-Za-z0-9.]{1,64}$")
+# 4xx answers that mean "not now" rather than "never": throttling and timeouts.
+_THROTTLING_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "RequestTimeout"}
+)
+_NOT_NOW_STATUSES = frozenset({408, 429})
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,15 @@ def _translated(operation: str) -> Iterator[None]:
     try:
         yield
     except _STORAGE_ERRORS as exc:
+        if isinstance(exc, ClientError) and _is_refusal(exc):
+            raise StorageRefused(_safe_message(operation, exc)) from exc
         raise StorageError(_safe_message(operation, exc)) from exc
+
+
+def _is_refusal(exc: ClientError) -> bool:
+    """A 4xx that is not throttling: the request itself is wrong, so retrying it cannot help."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return 400 <= status < 500 and status not in _NOT_NOW_STATUSES and _error_code(exc) not in _THROTTLING_CODES
 
 
 def _safe_message(operation: str, exc: Exception) -> str:

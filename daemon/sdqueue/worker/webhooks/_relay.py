@@ -23,7 +23,7 @@ from sdqueue.worker.errors import Forbidden
 from sdqueue.worker.logs import current_job_id
 from sdqueue.worker.settle import settle
 from sdqueue.worker.webhooks._deliver import OnOutcome, WebhookOutcome, deliver_webhook
-from sdqueue.worker.webhooks._tasks import read_task, webhook_secret
+from sdqueue.worker.webhooks._tasks import read_task, signing_secret, webhook_secret
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ async def _deliver(
     try:
         task = read_task(message, secret=secret)
         # Each attempt checks the URL against this relay's allow-list and the resolved address again.
-        delivered = await deliver_webhook(task, secret=secret, http=http, webhooks=webhooks, on_outcome=on_outcome)
+        signing = signing_secret(webhooks, issuer=task.issuer)
+        delivered = await deliver_webhook(task, secret=signing, http=http, webhooks=webhooks, on_outcome=on_outcome)
     except Forbidden as exc:
         log.warning(
             "job %s: webhook %s refused (%s); dead-lettering it",

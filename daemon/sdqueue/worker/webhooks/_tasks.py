@@ -18,7 +18,7 @@ from pamqp.commands import Basic
 
 from sdqueue.config import WebhookSettings
 from sdqueue.contracts import TerminalEvent
-from sdqueue.contracts.topology import CALLBACK_URL_HEADER, TASK_SIGNATURE_HEADER, WEBHOOKS_QUEUE
+from sdqueue.contracts.topology import CALLBACK_URL_HEADER, TASK_ISSUER_HEADER, TASK_SIGNATURE_HEADER, WEBHOOKS_QUEUE
 from sdqueue.contracts.webhooks import webhook_event_id
 from sdqueue.worker.errors import Forbidden
 from sdqueue.worker.publish import PublishFailed
@@ -28,17 +28,30 @@ TASK_MESSAGE_TYPE = "webhook"
 
 @dataclass(frozen=True)
 class WebhookTask:
-    """One webhook to deliver: the exact body to sign and send, where to, and its ids for dedupe and logs."""
+    """One webhook to deliver: the exact body to sign and send, where to, whose job it is (the issuer picks the
+    signing secret), and its ids for dedupe and logs."""
 
     body: bytes
     url: str
     event_id: str
     job_id: str | None
+    issuer: str = ""
 
 
-def task_signature(body: bytes, *, url: str, secret: str) -> str:
-    """Hex HMAC-SHA256 over a task's URL and body (domain-separated from the webhook's own signature)."""
-    return hmac.new(secret.encode(), b"task\n" + url.encode() + b"\n" + body, hashlib.sha256).hexdigest()
+def task_signature(body: bytes, *, url: str, issuer: str, secret: str) -> str:
+    """Hex HMAC-SHA256 over a task's URL, issuer and body (domain-separated from the webhook's own signature)."""
+    signed = b"task\n" + url.encode() + b"\n" + issuer.encode() + b"\n" + body
+    return hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def signing_secret(webhooks: WebhookSettings, *, issuer: str) -> str:
+    """The secret that signs webhooks of `issuer`'s callers: its own when configured, else the global one.
+
+    Raises:
+        Forbidden: neither is configured.
+    """
+    own = webhooks.issuer_secrets.get(issuer)
+    return own.get_secret_value() if own is not None else webhook_secret(webhooks)
 
 
 def webhook_secret(webhooks: WebhookSettings) -> str:
@@ -53,7 +66,13 @@ def webhook_secret(webhooks: WebhookSettings) -> str:
 
 
 async def enqueue_webhook(
-    event: TerminalEvent, *, url: str, channel: AbstractChannel, webhooks: WebhookSettings, timeout_s: float
+    event: TerminalEvent,
+    *,
+    url: str,
+    issuer: str,
+    channel: AbstractChannel,
+    webhooks: WebhookSettings,
+    timeout_s: float,
 ) -> None:
     """Queue the webhook of a terminal event on `sdqueue.webhooks` and wait for the broker's confirm.
 
@@ -70,7 +89,8 @@ async def enqueue_webhook(
         type=TASK_MESSAGE_TYPE,
         headers={
             CALLBACK_URL_HEADER: url,
-            TASK_SIGNATURE_HEADER: task_signature(body, url=url, secret=webhook_secret(webhooks)),
+            TASK_ISSUER_HEADER: issuer,
+            TASK_SIGNATURE_HEADER: task_signature(body, url=url, issuer=issuer, secret=webhook_secret(webhooks)),
         },
     )
     try:
@@ -90,9 +110,11 @@ def read_task(message: AbstractIncomingMessage, *, secret: str) -> WebhookTask:
     """
     headers = message.headers or {}
     url, signature = headers.get(CALLBACK_URL_HEADER), headers.get(TASK_SIGNATURE_HEADER)
-    if not isinstance(url, str) or not isinstance(signature, str):
-        raise Forbidden("webhook task without a callback URL or signature")
-    if not hmac.compare_digest(signature.encode(), task_signature(message.body, url=url, secret=secret).encode()):
+    issuer = headers.get(TASK_ISSUER_HEADER)
+    if not isinstance(url, str) or not isinstance(signature, str) or not isinstance(issuer, str):
+        raise Forbidden("webhook task without a callback URL, issuer or signature")
+    expected = task_signature(message.body, url=url, issuer=issuer, secret=secret)
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
         raise Forbidden("webhook task signature does not match")
     return WebhookTask(
         body=message.body,
@@ -100,4 +122,5 @@ def read_task(message: AbstractIncomingMessage, *, secret: str) -> WebhookTask:
         # From the signed body, not from `message_id`, which the HMAC does not cover.
         event_id=webhook_event_id(message.body),
         job_id=message.correlation_id,
+        issuer=issuer,
     )

@@ -1,0 +1,68 @@
+"""Transient failures retried through the retry queue: no delivery held during a backoff, one final report."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aio_pika
+
+from sdqueue.client import SdqueueClient
+from sdqueue.config import Settings
+from sdqueue.contracts import ErrorCode, FailedEvent
+from sdqueue.contracts.topology import retry_queue
+from tests.e2e.requests import txt2img
+from tests.plugins.isolated import IsolatedStack, queue_depth, updated
+from tests.plugins.stack import BrokerProbe
+
+# Long enough for another job to run while the failed one waits in the retry queue.
+BACKOFF_S = 8.0
+
+
+async def _retry_depth(settings: Settings) -> int:
+    connection = await aio_pika.connect(settings.broker.url.get_secret_value())
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(retry_queue("default"), passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+async def _until_the_retry_queue_holds_it(settings: Settings, *, timeout_s: float = 60.0) -> None:
+    for _ in range(int(timeout_s / 0.1)):
+        if await _retry_depth(settings):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the failed request never reached the retry queue")
+
+
+async def test_transient_failure_waits_in_the_retry_queue_and_ends_in_one_delivery_limit_exceeded(
+    isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
+):
+    settings = updated(
+        isolated.settings,
+        faults={"fail_prompt_marker": "POISON"},  # generation raises an unexpected (retryable) error
+        # One prefetch slot and no fair intake: a job held during a backoff would block every other job.
+        broker={"retry_backoff_s": BACKOFF_S, "max_retry_backoff_s": BACKOFF_S, "prefetch": 1},
+        fairness={"enabled": False},
+    )
+    isolated.start_worker("retrying", settings)
+    await isolated_client.wait_for_workers("default", timeout_s=120)
+    logs = await isolated_probe.watch_all()
+    poison = txt2img(prompt="POISON pill")
+    await isolated_client.submit(poison)
+
+    await _until_the_retry_queue_holds_it(settings)
+    started = time.monotonic()
+    good = await isolated_client.generate(txt2img(), timeout_s=60)
+
+    assert time.monotonic() - started < BACKOFF_S, "the only prefetch slot was held during the backoff"
+    assert good.images
+    failed = await isolated_client.wait(poison.job_id, timeout_s=120)
+    await asyncio.sleep(0.5)
+    assert isinstance(failed, FailedEvent)
+    assert failed.error.code is ErrorCode.DELIVERY_LIMIT_EXCEEDED
+    assert failed.attempt == settings.broker.delivery_limit + 1
+    assert [event.type for event in logs[poison.job_id].events].count("failed") == 1
+    assert set(await isolated_probe.dead_letters()) == {poison.job_id}
+    assert await _retry_depth(settings) == 0
+    assert await queue_depth(settings) == 0
