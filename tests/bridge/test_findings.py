@@ -149,7 +149,9 @@ async def test_finding_3_an_oversized_json_body_is_cut_at_its_cap(
     assert body.pulled <= bridge_settings.bridge.max_body_bytes // len(CHUNK) + 2
 
 
-async def test_finding_4_a_bridge_killed_after_its_202_loses_nothing(bridge_settings: Settings, tmp_path: Path):
+async def test_finding_4_a_bridge_killed_after_its_202_loses_nothing(
+    bridge_settings: Settings, client: SdqueueClient, tmp_path: Path
+):
     settings = bridge_settings.model_copy(
         update={"bridge": bridge_settings.bridge.model_copy(update={"port": free_port()})}
     )
