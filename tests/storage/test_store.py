@@ -199,7 +199,19 @@ async def test_check_bucket_fails_fast_when_storage_is_down(seaweed: SeaweedStac
     ],
 )
 def test_a_4xx_other_than_throttling_is_a_refusal_not_an_outage(status: int, code: str, is_refused: bool):
-    answer = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    answer = ClientError(
+        {
+            "Error": {"Code": code},
+            "ResponseMetadata": {
+                "RequestId": "",
+                "HostId": "",
+                "HTTPStatusCode": status,
+                "HTTPHeaders": {},
+                "RetryAttempts": 0,
+            },
+        },
+        "GetObject",
+    )
 
     with pytest.raises(StorageError) as caught, store._translated("read"):
         raise answer
