@@ -25,7 +25,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from sdqueue.client import SdqueueClient, bearer, mint_token, request_body
-from sdqueue.config import AuthSettings, IssuerKeys, Settings
+from sdqueue.config import AuthSettings, Settings
 from sdqueue.contracts import SCOPE_CANCEL, CancelCommand, CancelledEvent, ErrorCode, SucceededEvent
 from sdqueue.contracts.topology import record_key
 from tests.e2e.requests import (
@@ -315,7 +315,7 @@ PARTNER = AuthSettings(issuers=("partner",), hs256_secret=SecretStr(PARTNER_HMAC
 
 def _with_partner(settings: Settings, **groups: dict[str, Any]) -> Settings:
     """A second issuer, `partner`, with an HS256 secret of its own."""
-    partner_keys = {"partner": IssuerKeys(hs256_secret=SecretStr(PARTNER_HMAC))}
+    partner_keys = {"partner": {"hs256_secret": PARTNER_HMAC}}  # as JSON in the worker's environment
     return updated(settings, auth={"issuers": ("sdqueue", "partner"), "issuer_keys": partner_keys}, **groups)
 
 

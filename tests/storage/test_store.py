@@ -10,11 +10,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from sdqueue.config.s3 import make_s3_client
 from sdqueue.devstack import start_seaweed
-from sdqueue.worker.errors import StorageError
+from sdqueue.worker import store
+from sdqueue.worker.errors import StorageError, StorageRefused
 from sdqueue.worker.store import (
     StoredBytes,
     check_bucket,
@@ -183,3 +185,36 @@ async def test_check_bucket_fails_fast_when_storage_is_down(seaweed: SeaweedStac
     assert time.monotonic() - started < 3
     assert "127.0.0.1" not in str(caught.value)
     assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "is_refused"),
+    [
+        (403, "AccessDenied", True),
+        (400, "InvalidArgument", True),
+        (400, "RequestTimeout", False),
+        (429, "TooManyRequests", False),
+        (503, "SlowDown", False),
+        (500, "InternalError", False),
+    ],
+)
+def test_a_4xx_other_than_throttling_is_a_refusal_not_an_outage(status: int, code: str, is_refused: bool):
+    answer = ClientError(
+        {
+            "Error": {"Code": code},
+            "ResponseMetadata": {
+                "RequestId": "",
+                "HostId": "",
+                "HTTPStatusCode": status,
+                "HTTPHeaders": {},
+                "RetryAttempts": 0,
+            },
+        },
+        "GetObject",
+    )
+
+    with pytest.raises(StorageError) as caught, store._translated("read"):
+        raise answer
+
+    assert isinstance(caught.value, StorageRefused) is is_refused
+    assert caught.value.retryable is True  # only the init-image stage turns a refusal into `invalid_image`

@@ -13,6 +13,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
@@ -26,6 +27,7 @@ from sdqueue.worker.verify import Caller, VerificationKeys, verify_token
 log = logging.getLogger(__name__)
 
 PENDING_CANCEL_TTL_S = 3600.0
+CancelOutcome = Literal["stopping", "refused", "remembered"]
 MAX_PENDING_CANCELS = 10_000
 MAX_COMMAND_BYTES = 4096
 
@@ -78,18 +80,17 @@ class JobRegistry:
         with self._lock:
             self._running.pop(job_id, None)
 
-    def cancel(self, request: CancelRequest) -> bool:
-        """Stop the job if it runs here (and the caller may); otherwise remember the cancel. True if stopped."""
+    def cancel(self, request: CancelRequest) -> CancelOutcome:
+        """Stop the job if it runs here and the caller may, refuse it if the caller may not, else remember it."""
         with self._lock:
             running = self._running.get(request.job_id)
             if running is not None:
                 if not request.may_cancel(running.owner):
-                    log.warning("job %s: cancel by %s refused: not the owner", request.job_id, request.caller)
-                    return False
+                    return "refused"
                 running.stop.set()
-                return True
+                return "stopping"
             self._remember(request)
-            return False
+            return "remembered"
 
     def _remember(self, request: CancelRequest) -> None:
         self._pending[request.pending_key] = time.monotonic() + PENDING_CANCEL_TTL_S
@@ -142,5 +143,5 @@ def apply_cancel(
     except (SdqueueError, ValidationError, ValueError) as exc:
         log.warning("dropping a control message: %s", exc)
         return
-    stopped = registry.cancel(request)
-    log.info("job %s: cancel by %s (%s)", request.job_id, request.caller, "stopping" if stopped else "remembered")
+    outcome = registry.cancel(request)
+    log.info("job %s: cancel by %s (%s)", request.job_id, request.caller, outcome)
