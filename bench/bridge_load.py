@@ -49,8 +49,6 @@ BODY = {"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2}
 READY_TIMEOUT_S = 180.0
 WAITS_AT_ONCE = BridgeSettings().max_streams_per_user
 USER, PASSWORD = "bench", "bench-password"
-# The bridge settings a baseline checkout of the first round's code understands (it refuses unknown ones).
-BASELINE_BRIDGE_KEYS = ("HOST", "PORT", "PROCESSES", "TOKEN_SECRET", "MAX_WAIT_S")
 
 Accept = tuple[str | None, float, int]  # job id (None unless 202), seconds to the answer, HTTP status
 
@@ -120,11 +118,26 @@ def _environment(bridge: Bridge, settings: Settings) -> dict[str, str]:
         return environment
     roots = [str(bridge.source / part) for part in ("contracts", "daemon", "clients")]
     environment["PYTHONPATH"] = os.pathsep.join(roots)  # ahead of this checkout's editable install
-    prefix = "SDQUEUE_BRIDGE__"
-    kept = {f"{prefix}{key}" for key in BASELINE_BRIDGE_KEYS}
-    environment = {key: value for key, value in environment.items() if not key.startswith(prefix) or key in kept}
-    environment[f"{prefix}USERS_FILE"] = str(settings.state_dir / f"users-{settings.bridge.port}.json")
+    known = _known_variables(environment)  # the checkout's settings refuse variables they do not define
+    environment = {key: value for key, value in environment.items() if not key.startswith("SDQUEUE_") or key in known}
+    environment["SDQUEUE_BRIDGE__USERS_FILE"] = str(settings.state_dir / f"users-{settings.bridge.port}.json")
     return environment
+
+
+def _known_variables(environment: dict[str, str]) -> set[str]:
+    """Every `SDQUEUE_*` variable the settings of the checkout on `PYTHONPATH` define."""
+    script = (
+        "from sdqueue.config import Settings\n"
+        "for name, field in Settings.model_fields.items():\n"
+        "    groups = getattr(field.annotation, 'model_fields', None)\n"
+        "    for sub in groups or [None]:\n"
+        "        print(f'SDQUEUE_{name}__{sub}'.upper() if sub else f'SDQUEUE_{name}'.upper())\n"
+    )
+    clean = {key: value for key, value in environment.items() if not key.startswith("SDQUEUE_")}
+    listed = subprocess.run(
+        [sys.executable, "-c", script], env=clean, capture_output=True, text=True, check=True
+    ).stdout
+    return set(listed.split())
 
 
 async def _load(url: str) -> dict[str, float]:
