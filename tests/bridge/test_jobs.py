@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -12,8 +13,9 @@ import pytest
 
 from sdqueue.bridge import issue_access_token, read_access_token
 from sdqueue.bridge._accounts import Account
+from sdqueue.client import SdqueueClient
 from sdqueue.config import Settings
-from tests.bridge.conftest import png_bytes
+from tests.bridge.conftest import PASSWORDS, bridge_process, free_port, png_bytes
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -285,3 +287,28 @@ async def _wait_until_running(api: httpx.AsyncClient, headers: dict[str, str], j
         assert status["status"] in {"queued", "running"}, status
         await asyncio.sleep(0.05)
     pytest.fail(f"job {job_id} never started")
+
+
+def test_a_bridge_of_two_uvicorn_workers_serves_and_counts_as_one(
+    bridge_settings: Settings, client: SdqueueClient, tmp_path: Path
+):
+    bridge = bridge_settings.bridge.model_copy(update={"port": free_port(), "processes": 2})
+    settings = bridge_settings.model_copy(update={"bridge": bridge, "state_dir": tmp_path})
+    with bridge_process(settings, log_path=tmp_path / "bridge.log") as live:
+        token = httpx.post(f"{live.url}/token", data={"username": "alice", "password": PASSWORDS["alice"]})
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        accepted = [
+            httpx.post(f"{live.url}/v1/txt2img", json={"prompt": "two workers", **TINY}, headers=headers)
+            for _ in range(6)
+        ]
+        done = [
+            httpx.get(f"{live.url}/v1/jobs/{answer.json()['job_id']}/wait", params={"timeout": 60}, headers=headers)
+            for answer in accepted
+        ]
+        metrics = httpx.get(f"{live.url}/metrics").text
+        log = live.log_path.read_text(errors="replace")
+
+    assert [answer.status_code for answer in accepted] == [202] * 6
+    assert [answer.json()["status"] for answer in done] == ["succeeded"] * 6
+    assert log.count("Started server process") == 2  # uvicorn's two workers
+    assert 'sdqueue_bridge_jobs_submitted_total{mode="txt2img"} 6.0' in metrics  # summed over both processes
