@@ -66,6 +66,25 @@ class Delivery:
         """1 for the first delivery, then one more per retry through the retry queue and per redelivery."""
         return self.retries + self.delivery_count + 1
 
+    def copy(self, *, headers: Mapping[str, int] | None = None, expiration_s: float | None = None) -> aio_pika.Message:
+        """A persistent copy of the request to re-publish (retry queue, overflow lane), plus `headers`.
+
+        The broker's delivery count stays behind: the copy is a new message to the queue it lands in.
+        """
+        message = self.message
+        kept = {key: value for key, value in (message.headers or {}).items() if key != DELIVERY_COUNT_HEADER}
+        return aio_pika.Message(
+            self.body,
+            headers={**kept, **(headers or {})},
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            reply_to=message.reply_to,
+            correlation_id=message.correlation_id,
+            timestamp=message.timestamp,
+            expiration=expiration_s,
+        )
+
 
 @dataclass(frozen=True)
 class Topology:

@@ -14,13 +14,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import aio_pika
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError
 
 from sdqueue.config import FairnessSettings
 from sdqueue.contracts import Priority
-from sdqueue.contracts.topology import DELIVERY_COUNT_HEADER, overflow_queue
+from sdqueue.contracts.topology import overflow_queue
 from sdqueue.worker.consume import Delivery, Lane
 from sdqueue.worker.errors import SdqueueError
 from sdqueue.worker.settle import settle
@@ -112,18 +111,7 @@ def batch_rank(lane: Lane, priority: Priority) -> int:
 
 async def move_to_overflow(delivery: Delivery, *, channel: AbstractChannel, timeout_s: float) -> bool:
     """Re-publish a main-lane request to its overflow lane, confirmed; False (job stays in hand) if that fails."""
-    message = delivery.message
-    headers = {key: value for key, value in (message.headers or {}).items() if key != DELIVERY_COUNT_HEADER}
-    copy = aio_pika.Message(
-        delivery.body,
-        headers=headers,
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        reply_to=message.reply_to,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-    )
+    copy = delivery.copy()
     try:
         async with asyncio.timeout(timeout_s):
             await channel.default_exchange.publish(copy, routing_key=overflow_queue(delivery.alias))

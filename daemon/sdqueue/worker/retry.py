@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aio_pika
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError
 
 from sdqueue.config import BrokerSettings
-from sdqueue.contracts.topology import DELIVERY_COUNT_HEADER, RETRIES_HEADER, retry_queue
+from sdqueue.contracts.topology import RETRIES_HEADER, retry_queue
 from sdqueue.worker.consume import Delivery
 
 log = logging.getLogger(__name__)
@@ -33,20 +32,7 @@ async def schedule_retry(delivery: Delivery, *, backoff_s: float, channel: Abstr
 
     Returns False (the caller then requeues the delivery) when the copy was not confirmed in time.
     """
-    message = delivery.message
-    headers = {key: value for key, value in (message.headers or {}).items() if key != DELIVERY_COUNT_HEADER}
-    headers[RETRIES_HEADER] = delivery.retries + 1
-    copy = aio_pika.Message(
-        delivery.body,
-        headers=headers,
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        reply_to=message.reply_to,
-        correlation_id=message.correlation_id,
-        timestamp=message.timestamp,
-        expiration=backoff_s,
-    )
+    copy = delivery.copy(headers={RETRIES_HEADER: delivery.retries + 1}, expiration_s=backoff_s)
     try:
         async with asyncio.timeout(timeout_s):
             await channel.default_exchange.publish(copy, routing_key=retry_queue(delivery.alias))
