@@ -116,16 +116,21 @@ def bridge_settings(stack_settings: Settings, bridge_database_url: str) -> Setti
 
 @pytest_asyncio.fixture(scope="session")
 async def parked_model(stack_settings: Settings, client: SdqueueClient) -> AsyncIterator[str]:
-    """A model alias whose queue exists but no worker consumes: its jobs stay queued."""
-    connection = await aio_pika.connect(stack_settings.broker.url.get_secret_value())
-    async with connection:
+    """A model alias whose queue exists but no worker consumes: its jobs stay queued.
+
+    Each step opens a connection of its own: the fault suite restarts the broker during the session.
+    """
+    url = stack_settings.broker.url.get_secret_value()
+    async with await aio_pika.connect(url) as connection:
         channel = await connection.channel()
         queue = await channel.declare_queue(
             requests_queue(PARKED_MODEL), durable=True, arguments=request_queue_arguments()
         )
         await queue.bind(REQUESTS_EXCHANGE, routing_key=PARKED_MODEL)
-        yield PARKED_MODEL
-        await queue.delete(if_unused=False, if_empty=False)
+    yield PARKED_MODEL
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        await channel.queue_delete(requests_queue(PARKED_MODEL))
 
 
 @asynccontextmanager
