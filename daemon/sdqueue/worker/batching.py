@@ -62,6 +62,11 @@ class Batcher:
         self._arrivals: asyncio.Queue[_Item] = asyncio.Queue()
         self._held: collections.deque[_Item] = collections.deque()
 
+    @property
+    def scheduler_names(self) -> tuple[str, ...]:
+        """The schedulers the model behind this batcher can run."""
+        return tuple(self._generator.scheduler_names)
+
     async def generate(
         self,
         spec: GenerationSpec,

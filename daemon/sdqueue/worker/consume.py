@@ -39,6 +39,7 @@ from sdqueue.contracts.topology import (
     retry_queue_arguments,
     webhook_queue_arguments,
 )
+from sdqueue.worker.validate import job_id_from_body
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
@@ -47,12 +48,16 @@ Lane = Literal["main", "overflow"]
 
 @dataclass(frozen=True, kw_only=True)
 class Delivery:
-    """One request message as the later stages need it; `message` stays for the settle stage only."""
+    """One request message as the later stages need it; `message` stays for the settle stage only.
+
+    `job_id` is the message id, or for a message without a usable one the body's (for reporting); None if neither.
+    """
 
     message: AbstractIncomingMessage
     alias: str
     body: bytes
     message_id: str | None
+    job_id: str | None
     authorization: str | None
     reply_to: str | None
     correlation_id: str | None
@@ -155,11 +160,13 @@ def to_delivery(message: AbstractIncomingMessage, *, alias: str, lane: Lane = "m
     published_at = message.timestamp
     if published_at is not None and published_at.tzinfo is None:
         published_at = published_at.replace(tzinfo=UTC)
+    message_id = message.message_id if message.message_id and _JOB_ID.match(message.message_id) else None
     return Delivery(
         message=message,
         alias=alias,
         body=message.body,
-        message_id=message.message_id if message.message_id and _JOB_ID.match(message.message_id) else None,
+        message_id=message_id,
+        job_id=message_id or job_id_from_body(message.body),
         authorization=authorization if isinstance(authorization, str) else None,
         reply_to=message.reply_to,
         correlation_id=message.correlation_id,

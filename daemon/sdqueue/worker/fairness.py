@@ -8,25 +8,16 @@ batcher runs main-lane jobs before overflow ones. A light caller's jobs therefor
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from aio_pika.abc import AbstractChannel
-from aio_pika.exceptions import AMQPError
 
 from sdqueue.config import FairnessSettings
 from sdqueue.contracts import Priority
-from sdqueue.contracts.topology import overflow_queue
 from sdqueue.worker.consume import Delivery, Lane
-from sdqueue.worker.errors import SdqueueError
+from sdqueue.worker.ports import Requeue
 from sdqueue.worker.settle import settle
-from sdqueue.worker.verify import Caller, Claims, verify_token
-
-if TYPE_CHECKING:
-    from sdqueue.worker.services import Services
+from sdqueue.worker.verify import Caller, Verification
 
 log = logging.getLogger(__name__)
 
@@ -60,40 +51,30 @@ class FairIntake:
         return self._held[caller]
 
 
-async def take_in(delivery: Delivery, *, services: Services) -> Callable[[], None] | None:
+async def take_in(
+    delivery: Delivery,
+    verification: Verification,
+    *,
+    intake: FairIntake | None,
+    requeue: Requeue,
+    on_overflow: Callable[[], None],
+) -> Callable[[], None] | None:
     """Admit a job (returning what to call once it is settled) or move it to the overflow lane (None).
 
-    Overflow-lane jobs, and jobs whose token does not verify, are admitted uncounted (the pipeline reports a bad
+    Overflow-lane jobs, and jobs whose token did not verify, are admitted uncounted (the job path reports a bad
     token as usual); with fairness off every job is admitted.
     """
-    intake = services.intake
-    if intake is None or delivery.lane != "main":
-        return _nothing
-    claims = _peek_claims(delivery, services=services)
-    if claims is None:
+    claims = verification.claims
+    if intake is None or delivery.lane != "main" or claims is None:
         return _nothing
     if intake.admit(claims.caller, claims.quota.priority):
         return lambda: intake.release(claims.caller)
-    timeout_s = services.settings.broker.publish_timeout_s
-    if not await move_to_overflow(delivery, channel=services.channel, timeout_s=timeout_s):
-        return _nothing
-    services.metrics.overflowed.labels(model=delivery.alias).inc()
-    log.debug("job %s: caller %s is over its share; moved to the overflow lane", delivery.message_id, claims.caller)
-    await settle(delivery.message, "ack", job_id=delivery.message_id)
+    if not await requeue.to_overflow(delivery):
+        return _nothing  # not confirmed: the job runs here after all
+    on_overflow()
+    log.debug("job %s: caller %s is over its share; moved to the overflow lane", delivery.job_id, claims.caller)
+    await settle(delivery.message, "ack", job_id=delivery.job_id)
     return None
-
-
-def _peek_claims(delivery: Delivery, *, services: Services) -> Claims | None:
-    try:
-        return verify_token(
-            delivery.authorization,
-            body=delivery.body,
-            job_id=delivery.message_id or "",
-            auth=services.settings.auth,
-            keys=services.keys,
-        )
-    except SdqueueError:
-        return None
 
 
 def _nothing() -> None:
@@ -107,15 +88,3 @@ def batch_rank(lane: Lane, priority: Priority) -> int:
     if lane == "overflow" or priority == "low":
         return RANK_OVERFLOW
     return RANK_MAIN
-
-
-async def move_to_overflow(delivery: Delivery, *, channel: AbstractChannel, timeout_s: float) -> bool:
-    """Re-publish a main-lane request to its overflow lane, confirmed; False (job stays in hand) if that fails."""
-    copy = delivery.copy()
-    try:
-        async with asyncio.timeout(timeout_s):
-            await channel.default_exchange.publish(copy, routing_key=overflow_queue(delivery.alias))
-    except (AMQPError, TimeoutError, ConnectionError, RuntimeError) as exc:
-        log.warning("job %s: could not move it to the overflow lane (%s); running it here", delivery.message_id, exc)
-        return False
-    return True

@@ -7,32 +7,36 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Sized
-from typing import TYPE_CHECKING
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
 from aio_pika.exceptions import AMQPError
 
+from sdqueue.config import Settings
 from sdqueue.contracts import WorkerHeartbeat, heartbeat_routing_key
 from sdqueue.worker.generate import resolve_device
-
-if TYPE_CHECKING:
-    from sdqueue.worker.services import Services
+from sdqueue.worker.models import ModelCache
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
-async def heartbeats(services: Services, *, in_flight: Sized, stopping: asyncio.Event) -> AsyncIterator[None]:
+async def heartbeats(
+    settings: Settings,
+    *,
+    models: ModelCache,
+    events: AbstractExchange,
+    in_flight: Sized,
+    stopping: asyncio.Event,
+) -> AsyncIterator[None]:
     """Send heartbeats while the block runs, and a last one (`draining`) when it ends."""
-    settings = services.settings
 
     def describe() -> WorkerHeartbeat:
         return WorkerHeartbeat(
             worker=settings.worker_name,
             state="draining" if stopping.is_set() else "ready",
-            models=services.models.aliases,
-            loaded=services.models.loaded,
+            models=models.aliases,
+            loaded=models.loaded,
             device=str(resolve_device(settings.runtime)),
             in_flight=len(in_flight),
             interval_s=settings.heartbeat_interval_s,
@@ -40,7 +44,7 @@ async def heartbeats(services: Services, *, in_flight: Sized, stopping: asyncio.
 
     timeout_s, user_id = settings.broker.publish_timeout_s, settings.broker.user_name
     loop = asyncio.create_task(
-        _send_every(settings.heartbeat_interval_s, services.events, describe, timeout_s=timeout_s, user_id=user_id)
+        _send_every(settings.heartbeat_interval_s, events, describe, timeout_s=timeout_s, user_id=user_id)
     )
     try:
         yield
@@ -48,7 +52,7 @@ async def heartbeats(services: Services, *, in_flight: Sized, stopping: asyncio.
         loop.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loop
-        await send_heartbeat(services.events, describe(), timeout_s=timeout_s, user_id=user_id)
+        await send_heartbeat(events, describe(), timeout_s=timeout_s, user_id=user_id)
 
 
 async def _send_every(

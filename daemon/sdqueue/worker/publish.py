@@ -9,12 +9,36 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 from aio_pika.exceptions import AMQPError
 
+from sdqueue.config import BrokerSettings
 from sdqueue.contracts import JobEvent
 from sdqueue.contracts.topology import event_routing_key
 
 
 class PublishFailed(RuntimeError):
     """The broker did not confirm an event. The job cannot be settled either, so it will be redelivered."""
+
+
+class BrokerEvents:
+    """The job path's event sink: `sdqueue.events` plus `reply_to`, confirmed, as the worker's broker user."""
+
+    def __init__(self, *, events: AbstractExchange, channel: AbstractChannel, broker: BrokerSettings) -> None:
+        self._events, self._channel, self._broker = events, channel, broker
+
+    async def publish(self, event: JobEvent, *, reply_to: str | None, correlation_id: str | None) -> None:
+        """Publish one event and wait for its confirm.
+
+        Raises:
+            PublishFailed: no confirm within `publish_timeout_s`, or the channel is closed.
+        """
+        await publish_event(
+            event,
+            events=self._events,
+            channel=self._channel,
+            reply_to=reply_to,
+            correlation_id=correlation_id,
+            timeout_s=self._broker.publish_timeout_s,
+            user_id=self._broker.user_name,
+        )
 
 
 async def publish_event(

@@ -1,7 +1,8 @@
-"""Send a transient failure to its alias's retry queue instead of sleeping on it.
+"""Re-publish a request copy instead of holding it: to its alias's retry queue after a backoff, or to its overflow lane.
 
-The copy waits out its backoff there (its per-message TTL) holding no delivery and no prefetch slot; the broker then
-dead-letters it back to `sdqueue.requests` under the alias, as a fresh delivery whose `x-death` counts the retries.
+A retry copy waits out its backoff in `sdqueue.retry.<alias>` (its per-message TTL) holding no delivery and no prefetch
+slot; the broker then dead-letters it back to `sdqueue.requests` under the alias, as a fresh delivery whose `x-death`
+counts the retries. An overflow copy waits in `sdqueue.overflow.<alias>` (see `fairness.py`).
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import aio_pika
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import AMQPError
 
 from sdqueue.config import BrokerSettings
-from sdqueue.contracts.topology import RETRIES_HEADER, retry_queue
+from sdqueue.contracts.topology import RETRIES_HEADER, overflow_queue, retry_queue
 from sdqueue.worker.consume import Delivery
 
 log = logging.getLogger(__name__)
@@ -27,16 +29,28 @@ def retry_backoff_s(retries: int, *, broker: BrokerSettings) -> float:
     return float(min(broker.retry_backoff_s * 2 ** min(retries, _MAX_DOUBLINGS), broker.max_retry_backoff_s))
 
 
-async def schedule_retry(delivery: Delivery, *, backoff_s: float, channel: AbstractChannel, timeout_s: float) -> bool:
-    """Publish a copy of the request to its retry queue with `backoff_s` as its TTL and wait for the confirm.
+class BrokerRequeue:
+    """Re-publishes request copies on the worker's confirmed channel; the job is acked only once a copy is confirmed."""
 
-    Returns False (the caller then requeues the delivery) when the copy was not confirmed in time.
-    """
-    copy = delivery.copy(headers={RETRIES_HEADER: delivery.retries + 1}, expiration_s=backoff_s)
-    try:
-        async with asyncio.timeout(timeout_s):
-            await channel.default_exchange.publish(copy, routing_key=retry_queue(delivery.alias))
-    except (AMQPError, TimeoutError, ConnectionError, RuntimeError) as exc:
-        log.warning("job %s: could not send it to the retry queue (%s); requeueing", delivery.message_id, exc)
-        return False
-    return True
+    def __init__(self, channel: AbstractChannel, *, broker: BrokerSettings) -> None:
+        self._channel, self._timeout_s = channel, broker.publish_timeout_s
+
+    async def retry_later(self, delivery: Delivery, *, backoff_s: float) -> bool:
+        """Send a copy to the retry queue with `backoff_s` as its TTL; False when it was not confirmed."""
+        copy = delivery.copy(headers={RETRIES_HEADER: delivery.retries + 1}, expiration_s=backoff_s)
+        return await self._republish(copy, routing_key=retry_queue(delivery.alias), job_id=delivery.job_id)
+
+    async def to_overflow(self, delivery: Delivery) -> bool:
+        """Send a copy to the alias's overflow lane; False when it was not confirmed."""
+        return await self._republish(
+            delivery.copy(), routing_key=overflow_queue(delivery.alias), job_id=delivery.job_id
+        )
+
+    async def _republish(self, copy: aio_pika.Message, *, routing_key: str, job_id: str | None) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._channel.default_exchange.publish(copy, routing_key=routing_key)
+        except (AMQPError, TimeoutError, ConnectionError, RuntimeError) as exc:
+            log.warning("job %s: could not re-publish it to %s (%s)", job_id, routing_key, exc)
+            return False
+        return True

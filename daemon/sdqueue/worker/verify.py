@@ -3,6 +3,7 @@
 Two steps: `authenticate` checks that a key of the token's own issuer signed it for this job id (failing that,
 nobody verifiable speaks for the job and nothing is reported); `check_claims` then checks what the verified
 caller asked for (time, audience, body, scope, quota), and a failure there is reported to that caller.
+`verify_request` runs both once, at intake, and keeps the outcome for fairness and the job path.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from sdqueue.config import AuthSettings, IssuerKeys
 from sdqueue.contracts import QUOTA_CLAIM, SCOPE_ADMIN, SCOPE_GENERATE, Quota, body_sha256
 from sdqueue.contracts.quota import UNLIMITED
 from sdqueue.contracts.tokens import BEARER_PREFIX, REQUIRED_CLAIMS
-from sdqueue.worker.errors import BodyMismatch, Forbidden, InvalidToken, MissingToken, TokenExpired, UnverifiedToken
+from sdqueue.worker.errors import (
+    BodyMismatch,
+    Forbidden,
+    InvalidToken,
+    MissingToken,
+    SdqueueError,
+    TokenExpired,
+    UnverifiedToken,
+)
 
 GENERATE_SCOPES = frozenset({SCOPE_GENERATE, SCOPE_ADMIN})
 # The first pass checks the signature only; the claims are checked once the signer is known.
@@ -88,6 +97,43 @@ class Claims:
     def caller(self) -> Caller:
         """The (issuer, subject) pair that owns what this token asks for."""
         return Caller(self.issuer, self.subject)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What a request's token proved, checked once at intake: who signed it, and its claims or why they fail.
+
+    `caller` is None when no trusted key signed the token for this job id (then nothing may be reported).
+    """
+
+    caller: Caller | None
+    claims: Claims | None
+    error: SdqueueError | None
+
+    def require_claims(self) -> Claims:
+        """The claims of a token that verified in full.
+
+        Raises:
+            SdqueueError: why it did not (`Unattributed` when no verified caller speaks for the job).
+        """
+        if self.claims is None:
+            raise self.error if self.error is not None else UnverifiedToken("token was not verified")
+        return self.claims
+
+
+def verify_request(
+    authorization: str | None, *, body: bytes, job_id: str, auth: AuthSettings, keys: VerificationKeys
+) -> Verification:
+    """Authenticate a request's token, then check its claims for generation; never raises."""
+    try:
+        verified = authenticate(authorization, job_id=job_id, auth=auth, keys=keys)
+    except SdqueueError as error:
+        return Verification(caller=None, claims=None, error=error)
+    try:
+        claims = check_claims(verified, body=body, job_id=job_id, auth=auth, required_scopes=GENERATE_SCOPES)
+    except SdqueueError as error:
+        return Verification(caller=verified.caller, claims=None, error=error)
+    return Verification(caller=verified.caller, claims=claims, error=None)
 
 
 def load_keys(auth: AuthSettings) -> VerificationKeys:

@@ -11,16 +11,23 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from sdqueue.config import RuntimeSettings, S3Settings, Settings, make_s3_client
 from sdqueue.worker import store
 from sdqueue.worker.batching import Batcher
+from sdqueue.worker.bucket import BucketObjects, BucketRecords
 from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_overflow, declare_topology
-from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
 from sdqueue.worker.errors import StorageError
 from sdqueue.worker.fairness import FairIntake, take_in
@@ -38,13 +45,14 @@ from sdqueue.worker.heartbeat import heartbeats
 from sdqueue.worker.logs import current_job_id
 from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.models import CachedModel, ModelCache
-from sdqueue.worker.pipeline import process_delivery, retry_or_give_up
+from sdqueue.worker.outcome import Outcomes
+from sdqueue.worker.pipeline import JobPath
 from sdqueue.worker.priority import use_idle_policy
-from sdqueue.worker.publish import PublishFailed
-from sdqueue.worker.services import Services
-from sdqueue.worker.settle import Settlement, settle
-from sdqueue.worker.verify import load_keys
-from sdqueue.worker.webhooks import running_relay
+from sdqueue.worker.publish import BrokerEvents
+from sdqueue.worker.retry import BrokerRequeue
+from sdqueue.worker.settle import settle
+from sdqueue.worker.verify import Verification, VerificationKeys, load_keys, verify_request
+from sdqueue.worker.webhooks import BrokerWebhooks, running_relay
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -77,23 +85,34 @@ async def run_worker(settings: Settings) -> None:
             overflow = await declare_overflow(
                 overflow_channel, aliases=generators.keys(), delivery_limit=settings.broker.delivery_limit
             )
-            services = Services(
+            job_path = JobPath(
                 settings=settings,
-                keys=load_keys(settings.auth),
-                models=models,
-                generators=generators,
-                batchers=batchers,
-                s3=s3,
-                channel=channel,
-                events=topology.events,
-                stop_generation=threading.Event(),
+                outcomes=Outcomes(
+                    records=BucketRecords(s3, s3=settings.s3, default_issuer=settings.auth.issuers[0]),
+                    events=BrokerEvents(events=topology.events, channel=channel, broker=settings.broker),
+                    webhooks=BrokerWebhooks(
+                        channel, webhooks=settings.webhooks, timeout_s=settings.broker.publish_timeout_s
+                    ),
+                    metrics=metrics,
+                ),
+                objects=BucketObjects(s3, s3=settings.s3),
+                requeue=BrokerRequeue(channel, broker=settings.broker),
+                generators=batchers,
                 registry=JobRegistry(),
                 metrics=metrics,
-                intake=FairIntake(settings.fairness) if settings.fairness.enabled else None,
+                stop_generation=threading.Event(),
             )
             relay = running_relay(connection, webhooks=settings.webhooks, on_outcome=metrics.count_webhook)
             async with relay, health_endpoint(settings, connection=connection, s3=s3, metrics=metrics):
-                await serve(topology.requests, overflow=overflow, services=services)
+                serving = Serving(
+                    job_path=job_path,
+                    keys=load_keys(settings.auth),
+                    intake=FairIntake(settings.fairness) if settings.fairness.enabled else None,
+                    models=models,
+                    channel=channel,
+                    events=topology.events,
+                )
+                await serving.serve(topology.requests, overflow=overflow)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker %s stopped", settings.worker_name)
@@ -201,94 +220,95 @@ async def load_models(settings: Settings, *, executor: ThreadPoolExecutor, metri
     return cache
 
 
-async def serve(
-    queues: Mapping[str, AbstractQueue], *, overflow: Mapping[str, AbstractQueue], services: Services
-) -> None:
-    """Consume both lanes until a stop signal, then drain: in-flight jobs get the grace period, the rest requeue."""
-    stopping = asyncio.Event()
-    _install_signal_handlers(stopping)
-    in_flight: set[asyncio.Task[None]] = set()
+@dataclass(frozen=True, kw_only=True)
+class Serving:
+    """The consuming side: intake (verify once, fairness), one task per admitted job, and the drain on a signal."""
 
-    async def on_delivery(delivery: Delivery) -> None:
-        if stopping.is_set():
-            await settle(delivery.message, "requeue", job_id=delivery.message_id)
-            return
-        on_settled = await take_in(delivery, services=services)
-        if on_settled is None:
-            return  # moved to the overflow lane
-        task = asyncio.create_task(handle_delivery(delivery, services), name=f"job:{delivery.message_id}")
-        in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
-        task.add_done_callback(lambda _: on_settled())
+    job_path: JobPath
+    keys: VerificationKeys
+    intake: FairIntake | None
+    models: ModelCache
+    channel: AbstractChannel
+    events: AbstractExchange
 
-    async def on_control(message: AbstractIncomingMessage) -> None:
-        apply_cancel(message, registry=services.registry, auth=services.settings.auth, keys=services.keys)
+    async def serve(self, queues: Mapping[str, AbstractQueue], *, overflow: Mapping[str, AbstractQueue]) -> None:
+        """Consume both lanes until a stop signal, then drain: in-flight jobs get the grace period, the rest requeue."""
+        settings = self.job_path.settings
+        stopping = asyncio.Event()
+        _install_signal_handlers(stopping)
+        in_flight: set[asyncio.Task[None]] = set()
 
-    # Held for the whole serve: aio-pika restores only queues that are still referenced after a reconnect.
-    control_queue = await consume_control(
-        services.channel, worker_name=services.settings.worker_name, on_message=on_control
-    )
-    consumers = [
-        *[(queue, await consume_jobs(queue, alias=alias, on_delivery=on_delivery)) for alias, queue in queues.items()],
-        *[
-            (queue, await consume_jobs(queue, alias=alias, on_delivery=on_delivery, lane="overflow"))
-            for alias, queue in overflow.items()
-        ],
-    ]
-    log.info("worker %s ready; serving %s", services.settings.worker_name, ", ".join(sorted(queues)))
-    async with heartbeats(services, in_flight=in_flight, stopping=stopping):
-        await stopping.wait()
-    log.info("stopping: intake closed, %d job(s) in flight", len(in_flight))
-    for queue, tag in consumers:
-        await queue.cancel(tag)
-    await drain(in_flight, services=services)
-    log.debug("control queue %s released", control_queue.name)
+        async def on_delivery(delivery: Delivery) -> None:
+            if stopping.is_set():
+                await settle(delivery.message, "requeue", job_id=delivery.job_id)
+                return
+            task = await self.take_in(delivery)
+            if task is not None:
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
 
+        async def on_control(message: AbstractIncomingMessage) -> None:
+            apply_cancel(message, registry=self.job_path.registry, auth=settings.auth, keys=self.keys)
 
-async def drain(in_flight: set[asyncio.Task[None]], *, services: Services) -> None:
-    """Let running jobs finish within the grace period; interrupt and requeue whatever is left."""
-    if not in_flight:
-        return
-    _, pending = await asyncio.wait(set(in_flight), timeout=services.settings.shutdown_grace_s)
-    if pending:
-        log.warning("grace period over: interrupting %d job(s); they will be redelivered", len(pending))
-        services.stop_generation.set()
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        # Held for the whole serve: aio-pika restores only queues that are still referenced after a reconnect.
+        control_queue = await consume_control(self.channel, worker_name=settings.worker_name, on_message=on_control)
+        consumers = [
+            *[
+                (queue, await consume_jobs(queue, alias=alias, on_delivery=on_delivery))
+                for alias, queue in queues.items()
+            ],
+            *[
+                (queue, await consume_jobs(queue, alias=alias, on_delivery=on_delivery, lane="overflow"))
+                for alias, queue in overflow.items()
+            ],
+        ]
+        log.info("worker %s ready; serving %s", settings.worker_name, ", ".join(sorted(queues)))
+        beating = heartbeats(settings, models=self.models, events=self.events, in_flight=in_flight, stopping=stopping)
+        async with beating:
+            await stopping.wait()
+        log.info("stopping: intake closed, %d job(s) in flight", len(in_flight))
+        for queue, tag in consumers:
+            await queue.cancel(tag)
+        await self.drain(in_flight)
+        log.debug("control queue %s released", control_queue.name)
 
-
-async def handle_delivery(delivery: Delivery, services: Services) -> None:
-    """The per-job guard: every delivery ends settled, whatever happened inside."""
-    job_id = delivery.message_id
-    current_job_id.set(job_id)  # this task's own context: every log line of the job carries its id
-    try:
-        settlement = await _outcome(delivery, services)
-    except asyncio.CancelledError:
-        await asyncio.shield(settle(delivery.message, "requeue", job_id=job_id))
-        raise
-    await settle(delivery.message, settlement, job_id=job_id)
-
-
-async def _outcome(delivery: Delivery, services: Services) -> Settlement:
-    try:
-        return await process_delivery(delivery, services)
-    except PublishFailed as exc:
-        log.warning("job %s: %s; requeueing", delivery.message_id, exc)
-        return "requeue"
-    except Exception as exc:  # the single per-job guard: a bug must not kill the worker or lose the job
-        log.exception("job %s: unexpected error", delivery.message_id)
-        ctx = JobContext(
-            job_id=delivery.message_id or "unknown",
-            model=delivery.alias,
-            worker=services.settings.worker_name,
-            attempt=delivery.attempt,
-            published_at=delivery.published_at,
+    async def take_in(self, delivery: Delivery) -> asyncio.Task[None] | None:
+        """Verify the token once, apply fairness, and start the job's task (None when it moved to the overflow lane)."""
+        auth = self.job_path.settings.auth
+        verification = verify_request(
+            delivery.authorization, body=delivery.body, job_id=delivery.job_id or "", auth=auth, keys=self.keys
         )
+        overflowed = self.job_path.metrics.overflowed.labels(model=delivery.alias).inc
+        on_settled = await take_in(
+            delivery, verification, intake=self.intake, requeue=self.job_path.requeue, on_overflow=overflowed
+        )
+        if on_settled is None:
+            return None
+        task = asyncio.create_task(self.handle(delivery, verification), name=f"job:{delivery.job_id}")
+        task.add_done_callback(lambda _: on_settled())
+        return task
+
+    async def handle(self, delivery: Delivery, verification: Verification) -> None:
+        """Run one job and settle its delivery, whatever happened inside; a cancelled task requeues it."""
+        current_job_id.set(delivery.job_id)  # this task's own context: every log line of the job carries its id
         try:
-            return await retry_or_give_up(exc, ctx=ctx, delivery=delivery, services=services)
-        except PublishFailed:
-            return "requeue"
+            settlement = await self.job_path.settle_as(delivery, verification)
+        except asyncio.CancelledError:
+            await asyncio.shield(settle(delivery.message, "requeue", job_id=delivery.job_id))
+            raise
+        await settle(delivery.message, settlement, job_id=delivery.job_id)
+
+    async def drain(self, in_flight: set[asyncio.Task[None]]) -> None:
+        """Let running jobs finish within the grace period; interrupt and requeue whatever is left."""
+        if not in_flight:
+            return
+        _, pending = await asyncio.wait(set(in_flight), timeout=self.job_path.settings.shutdown_grace_s)
+        if pending:
+            log.warning("grace period over: interrupting %d job(s); they will be redelivered", len(pending))
+            self.job_path.stop_generation.set()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _install_signal_handlers(stopping: asyncio.Event) -> None:

@@ -65,6 +65,19 @@ def webhook_secret(webhooks: WebhookSettings) -> str:
     return webhooks.secret.get_secret_value()
 
 
+class BrokerWebhooks:
+    """The job path's webhook queue: tasks on `sdqueue.webhooks` over the worker's confirmed channel."""
+
+    def __init__(self, channel: AbstractChannel, *, webhooks: WebhookSettings, timeout_s: float) -> None:
+        self._channel, self._webhooks, self._timeout_s = channel, webhooks, timeout_s
+
+    async def enqueue(self, event: TerminalEvent, *, url: str, issuer: str) -> None:
+        """Queue the event's webhook, confirmed (see `enqueue_webhook`)."""
+        await enqueue_webhook(
+            event, url=url, issuer=issuer, channel=self._channel, webhooks=self._webhooks, timeout_s=self._timeout_s
+        )
+
+
 async def enqueue_webhook(
     event: TerminalEvent,
     *,
