@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdqueue.client.cli import build_parser
+from sdqueue.cli import build_parser
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 DOCKERFILES = {"worker-cuda": "worker", "worker-cpu": "worker", "bridge": "bridge"}

@@ -1,5 +1,5 @@
 """`python -m sdqueue`: the same command tree as the `sdqueue` console script."""
 
-from sdqueue.client.cli import main
+from sdqueue.cli import main
 
 raise SystemExit(main())

@@ -139,7 +139,7 @@ def test_user_names_are_restricted(tmp_path: Path):
 
 def test_cli_import_stays_free_of_the_bridge_stack():
     code = (
-        "import sys, sdqueue.client.cli\n"
+        "import sys, sdqueue.cli\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & "
         "{'fastapi', 'starlette', 'uvicorn', 'argon2', 'sqlalchemy', 'alembic'}))\n"
     )

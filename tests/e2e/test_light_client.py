@@ -1,4 +1,5 @@
-"""The client and its CLI never load torch, diffusers or transformers, even on the full generate path."""
+"""The client and its CLI never load torch, diffusers or transformers, even on the full generate path; the client
+also loads neither the CLI (nor its terminal library) nor the bridge's web stack."""
 
 from __future__ import annotations
 
@@ -11,8 +12,16 @@ from sdqueue.config import Settings
 from sdqueue.devstack.stack import worker_environment
 
 HEAVY = ("torch", "diffusers", "transformers")
-# A None entry in sys.modules makes `import torch` raise ImportError: any attempt to load it fails loudly.
-BLOCK_HEAVY = f"import sys\nfor name in {HEAVY!r}:\n    sys.modules[name] = None\n"
+# The light client also leaves the CLI's terminal library and the bridge's web stack to those who install them.
+LIGHT_CLIENT_FORBIDS = (*HEAVY, "rich", "fastapi", "starlette", "sdqueue.cli")
+
+
+def _block(names: tuple[str, ...]) -> str:
+    # A None entry in sys.modules makes importing that name raise ImportError: any attempt to load it fails loudly.
+    return f"import sys\nfor name in {names!r}:\n    sys.modules[name] = None\n"
+
+
+BLOCK_HEAVY = _block(HEAVY)
 
 
 def _python(code: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -21,13 +30,33 @@ def _python(code: str, *, env: dict[str, str] | None = None) -> subprocess.Compl
     )
 
 
-def test_client_package_imports_without_heavy_modules():
+def test_client_package_imports_with_heavy_and_cli_libraries_blocked():
+    code = f"{_block(LIGHT_CLIENT_FORBIDS)}import sdqueue.client, sdqueue.contracts, sdqueue.config\nprint('ok')\n"
+
+    result = _python(code)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_client_package_loads_no_heavy_cli_or_bridge_module():
+    # httpx loads rich for its own command line when click is installed too, as the dev extras have it; a base
+    # install has no click, so blocking it shows what the light client itself loads there.
     code = (
-        "import sys\n"
-        "import sdqueue.client, sdqueue.client.cli, sdqueue.contracts, sdqueue.config\n"
-        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
-        "print(loaded)\n"
+        f"{_block(('click',))}"
+        "import sdqueue.client, sdqueue.contracts, sdqueue.config\n"
+        f"forbidden = {LIGHT_CLIENT_FORBIDS!r}\n"
+        "print(sorted(m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in forbidden)))\n"
     )
+
+    result = _python(code)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_cli_imports_without_heavy_modules():
+    code = f"import sys\nimport sdqueue.cli\nprint(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n"
 
     result = _python(code)
 
@@ -40,7 +69,7 @@ async def test_cli_generate_runs_with_torch_unimportable(
 ):
     output = tmp_path / "cat.png"
     argv = ["generate", "a cat", "-o", str(output), "--width", "64", "--height", "64", "--steps", "2"]
-    code = BLOCK_HEAVY + f"from sdqueue.client.cli import main\nraise SystemExit(main({argv!r}))\n"
+    code = BLOCK_HEAVY + f"from sdqueue.cli import main\nraise SystemExit(main({argv!r}))\n"
 
     result = _python(code, env=worker_environment(stack_settings))
 

@@ -221,7 +221,7 @@ async def test_the_standalone_relay_delivers_for_workers_without_one(
             relay = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",
-                f"{BLOCK_HEAVY}from sdqueue.client.cli import main\n{RUN_RELAY}",
+                f"{BLOCK_HEAVY}from sdqueue.cli import main\n{RUN_RELAY}",
                 env=worker_environment(settings),
                 stdout=output,
                 stderr=subprocess.STDOUT,

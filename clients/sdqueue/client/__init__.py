@@ -11,6 +11,7 @@ from sdqueue.client.errors import (
     UnroutableRequest,
     WaitTimeout,
 )
+from sdqueue.client.files import describe_saved_images, save_images
 from sdqueue.client.jobs import new_job_id, request_body, request_message
 from sdqueue.client.sync import SyncClient
 from sdqueue.client.tokens import bearer, mint_token
@@ -28,10 +29,12 @@ __all__ = [
     "UnroutableRequest",
     "WaitTimeout",
     "bearer",
+    "describe_saved_images",
     "mint_token",
     "new_job_id",
     "request_body",
     "request_message",
+    "save_images",
     "sent_by_worker",
     "verify_webhook",
 ]

@@ -7,8 +7,7 @@ import logging
 import time
 from pathlib import Path
 
-from sdqueue.client import SdqueueClient, new_job_id
-from sdqueue.client.cli import save_images
+from sdqueue.client import SdqueueClient, describe_saved_images, new_job_id, save_images
 from sdqueue.config import Settings
 from sdqueue.contracts import SCHEMA_VERSION, GenerationRequest
 from sdqueue.devstack.rabbit import ensure_rabbitmq
@@ -53,4 +52,5 @@ async def _one_request(settings: Settings, *, prompt: str, output_dir: Path) -> 
         )
         print(f"sending txt2img {prompt!r} …")
         event = await client.generate(request, timeout_s=WORKER_READY_TIMEOUT_S)
-        await save_images(client, event, output=output_dir / f"{request.job_id}.png")
+        paths = await save_images(client, event, output=output_dir / f"{request.job_id}.png")
+        print(describe_saved_images(event, paths))

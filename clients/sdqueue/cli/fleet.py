@@ -1,0 +1,46 @@
+"""`sdqueue models`: what the fleet serves, read from the workers' heartbeats."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+
+from sdqueue.cli._output import format_table
+from sdqueue.client import SdqueueClient
+from sdqueue.config import load_settings
+from sdqueue.contracts import WorkerHeartbeat
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `models`."""
+    models = commands.add_parser("models", help="list what the fleet serves, from the workers' heartbeats")
+    models.add_argument("--listen", type=float, default=12.0, help="seconds to listen (default: 12)")
+    models.set_defaults(handler=lambda args: asyncio.run(list_models(listen_s=args.listen)))
+
+
+async def list_models(*, listen_s: float) -> int:
+    """Print the fleet's tables; exit status 1 when no worker was heard from."""
+    async with SdqueueClient(load_settings()) as client:
+        fleet = await client.fleet(listen_s=listen_s)
+    print(format_fleet(fleet))
+    return 0 if fleet else 1
+
+
+def format_fleet(fleet: Sequence[WorkerHeartbeat]) -> str:
+    """A table of model aliases (who serves each, where it is loaded), then one of workers."""
+    if not fleet:
+        return "no worker heard from"
+    aliases = sorted({alias for heartbeat in fleet for alias in heartbeat.models})
+    models = [["MODEL", "SERVED BY", "LOADED ON"]] + [
+        [
+            alias,
+            ",".join(h.worker for h in fleet if alias in h.models),
+            ",".join(h.worker for h in fleet if alias in h.loaded) or "-",
+        ]
+        for alias in aliases
+    ]
+    workers = [["WORKER", "STATE", "DEVICE", "IN FLIGHT", "LOADED"]] + [
+        [h.worker, h.state, h.device, str(h.in_flight), ",".join(h.loaded) or "-"] for h in fleet
+    ]
+    return f"{format_table(models)}\n\n{format_table(workers)}"

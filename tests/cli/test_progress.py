@@ -1,0 +1,78 @@
+"""The progress bar of `sdqueue generate`, drawn from an in-memory event stream onto a captured terminal.
+
+The real stack proves the same bar in tests/e2e/test_cli_generate.py; these cover what a healthy job never shows.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from rich.console import Console
+
+from sdqueue.cli.progress import follow_job
+from sdqueue.client import JobFailed, WaitTimeout
+from sdqueue.contracts import (
+    ErrorCode,
+    ErrorInfo,
+    FailedEvent,
+    JobEvent,
+    ProgressEvent,
+    StartedEvent,
+    SucceededEvent,
+    Timings,
+)
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+FIELDS = {"job_id": "job-1", "model": "default", "worker": "w1", "attempt": 1}
+
+
+async def _stream(*events: JobEvent) -> AsyncIterator[JobEvent]:
+    for event in events:
+        yield event
+
+
+def _terminal() -> tuple[Console, io.StringIO]:
+    screen = io.StringIO()
+    return Console(file=screen, force_terminal=True, width=100), screen
+
+
+def _frames(screen: io.StringIO) -> list[str]:
+    """Each redraw of the bar, as plain text."""
+    return [frame.strip() for frame in ANSI_ESCAPE.sub("", screen.getvalue()).split("\r") if frame.strip()]
+
+
+async def test_a_lost_last_step_still_ends_the_bar_full():
+    console, screen = _terminal()
+    succeeded = SucceededEvent(**FIELDS, images=[], timings=Timings())
+    events = _stream(StartedEvent(**FIELDS), ProgressEvent(**FIELDS, step=4, steps=10), succeeded)
+
+    outcome = await follow_job(events, console=console, is_shown=True)
+
+    assert outcome == succeeded
+    frames = _frames(screen)
+    assert any(frame.startswith("generating") and "4/10 steps" in frame for frame in frames)
+    assert frames[-1].startswith("done")
+    assert "10/10 steps" in frames[-1]
+
+
+async def test_a_failed_job_raises_with_its_code_and_the_bar_says_so():
+    console, screen = _terminal()
+    error = ErrorInfo(code=ErrorCode.OUT_OF_MEMORY, message="out of memory", retryable=True)
+
+    with pytest.raises(JobFailed) as raised:
+        await follow_job(_stream(FailedEvent(**FIELDS, error=error)), console=console, is_shown=True)
+
+    assert raised.value.code is ErrorCode.OUT_OF_MEMORY
+    assert _frames(screen)[-1].startswith("failed")
+
+
+async def test_a_hidden_bar_draws_nothing_and_a_stream_without_outcome_times_out():
+    console, screen = _terminal()
+
+    with pytest.raises(WaitTimeout):
+        await follow_job(_stream(ProgressEvent(**FIELDS, step=1, steps=2)), console=console, is_shown=False)
+
+    assert screen.getvalue() == ""
