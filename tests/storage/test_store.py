@@ -14,9 +14,9 @@ from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from sdqueue.config.s3 import make_s3_client
+from sdqueue.contracts.errors import StorageError, StorageRefused
 from sdqueue.devstack import start_seaweed
 from sdqueue.worker import store
-from sdqueue.worker.errors import StorageError, StorageRefused
 from sdqueue.worker.store import (
     StoredBytes,
     check_bucket,

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Mapping
 from pydantic import ValidationError
 
 from sdqueue.bridge._accounts import Account
-from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, UNAVAILABLE, BridgeError
 from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
@@ -21,6 +20,7 @@ from sdqueue.client import ClientError, mint_token, request_body, request_messag
 from sdqueue.config import object_url
 from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
+    BridgeCode,
     ErrorCode,
     GenerationRequest,
     JobEvent,
@@ -31,6 +31,7 @@ from sdqueue.contracts import (
     is_terminal,
     utc_now,
 )
+from sdqueue.contracts.errors import BridgeError
 from sdqueue.contracts.topology import output_key
 
 RECORD_POLL_INTERVAL_S = 5.0
@@ -129,7 +130,7 @@ async def owned_job(job_id: str, *, owner: Account, state: BridgeState) -> JobRo
     """
     row = await state.jobs.get(job_id, owner_id=owner.user_id)
     if row is None:
-        raise BridgeError(NOT_FOUND, "no such job")
+        raise BridgeError(BridgeCode.NOT_FOUND, "no such job")
     return row
 
 
@@ -235,6 +236,6 @@ async def cancel_job(row: JobRow, *, owner: Account, state: BridgeState) -> None
         BridgeError: `conflict` when the job already ended; `unavailable` when no worker listens.
     """
     if await state.client.read_record(row.job_id) is not None:
-        raise BridgeError(CONFLICT, "the job has already finished")
+        raise BridgeError(BridgeCode.CONFLICT, "the job has already finished")
     if not await state.client.cancel(row.job_id, subject=owner.user_id, reason="cancelled through the bridge"):
-        raise BridgeError(UNAVAILABLE, "no worker is listening for cancel commands")
+        raise BridgeError(BridgeCode.UNAVAILABLE, "no worker is listening for cancel commands")

@@ -14,9 +14,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sdqueue.bridge._errors import UNAVAILABLE, ErrorBody, error_response
+from sdqueue.bridge._errors import ErrorBody, error_response
 from sdqueue.bridge._models import Health
 from sdqueue.bridge._state import BridgeState, Metrics, get_state
+from sdqueue.contracts import BridgeCode
 
 State = Annotated[BridgeState, Depends(get_state)]
 router = APIRouter(tags=["operations"])
@@ -38,7 +39,7 @@ async def readyz(state: State) -> Health | Response:
     }
     if not all(checks.values()):
         down = ", ".join(name for name, is_up in checks.items() if not is_up)
-        return error_response(UNAVAILABLE, f"not ready: {down} unreachable")
+        return error_response(BridgeCode.UNAVAILABLE, f"not ready: {down} unreachable")
     return Health(status="ok", checks=checks)
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdqueue.client.client import SdqueueClient
-from sdqueue.client.errors import ClientError
 from sdqueue.client.jobs import new_job_id
 from sdqueue.client.storage import ensure_bucket
 from sdqueue.client.tokens import mint_token
@@ -29,6 +28,7 @@ from sdqueue.contracts import (
     SucceededEvent,
     WorkerHeartbeat,
 )
+from sdqueue.contracts.errors import ClientError, UsageError
 
 if TYPE_CHECKING:
     from sdqueue.bridge import Accounts
@@ -414,7 +414,7 @@ def _new_password(args: argparse.Namespace) -> str:
         return sys.stdin.readline().rstrip("\n")
     password = getpass.getpass("password: ")
     if password != getpass.getpass("again: "):
-        raise ClientError("the passwords differ")
+        raise UsageError("the passwords differ")
     return password
 
 
@@ -459,7 +459,7 @@ def _read_user_store(path: Path) -> list[tuple[str, str, datetime]]:
             (str(name), str(entry["hash"]), datetime.fromisoformat(entry["created"])) for name, entry in users.items()
         ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ClientError(f"{path} is not a JSON user store ({type(exc).__name__}: {exc})") from exc
+        raise UsageError(f"{path} is not a JSON user store ({type(exc).__name__}: {exc})") from exc
     # The store wrote UTC offsets; a bare time is taken as UTC.
     return sorted(
         (name, password_hash, created.replace(tzinfo=created.tzinfo or UTC)) for name, password_hash, created in stored

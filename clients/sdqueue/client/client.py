@@ -24,15 +24,6 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotF
 from pydantic import ValidationError
 
 from sdqueue.client import storage
-from sdqueue.client.errors import (
-    BrokerUnavailable,
-    ClientError,
-    JobFailed,
-    RequestRefused,
-    StorageUnavailable,
-    UnroutableRequest,
-    WaitTimeout,
-)
 from sdqueue.client.jobs import request_body, request_message
 from sdqueue.client.tokens import bearer, mint_token
 from sdqueue.config import BrokerSettings, Settings, make_s3_client
@@ -51,6 +42,15 @@ from sdqueue.contracts import (
     WorkerHeartbeat,
     parse_event,
     utc_now,
+)
+from sdqueue.contracts.errors import (
+    BrokerUnavailable,
+    JobFailed,
+    RequestRefused,
+    StorageUnavailable,
+    UnroutableRequest,
+    UsageError,
+    WaitTimeout,
 )
 from sdqueue.contracts.topology import (
     AUTHORIZATION_HEADER,
@@ -415,5 +415,5 @@ def sent_by_worker(message: AbstractIncomingMessage, *, broker: BrokerSettings) 
 
 def _require(value: T | None) -> T:
     if value is None:
-        raise ClientError("the client is not connected; use `async with SdqueueClient(settings)`")
+        raise UsageError("the client is not connected; use `async with SdqueueClient(settings)`")
     return value

@@ -12,9 +12,9 @@ from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 from pydantic import ValidationError
 
-from sdqueue.client.errors import StorageUnavailable
 from sdqueue.config import S3Settings
 from sdqueue.contracts import ImageInfo, InitImageKey, TerminalEvent, parse_terminal_event
+from sdqueue.contracts.errors import StorageUnavailable
 from sdqueue.contracts.topology import input_key, record_key
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from sdqueue.contracts.errors import JobIdTaken
 from sdqueue.contracts.topology import claim_key
 from sdqueue.worker import store
-from sdqueue.worker.errors import JobIdTaken
 from sdqueue.worker.outcome import load_record
 from sdqueue.worker.verify import Caller
 

@@ -19,9 +19,9 @@ from aio_pika.exceptions import AMQPError
 
 from sdqueue.config import FairnessSettings
 from sdqueue.contracts import Priority
+from sdqueue.contracts.errors import SdqueueError
 from sdqueue.contracts.topology import overflow_queue
 from sdqueue.worker.consume import Delivery, Lane
-from sdqueue.worker.errors import SdqueueError
 from sdqueue.worker.settle import settle
 from sdqueue.worker.verify import Caller, Claims, verify_token
 

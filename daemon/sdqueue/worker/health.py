@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from sdqueue.contracts.errors import StorageError
 from sdqueue.worker import store
-from sdqueue.worker.errors import StorageError
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client

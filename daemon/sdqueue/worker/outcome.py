@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from sdqueue.contracts import JobEvent, TerminalEvent, parse_terminal_event
+from sdqueue.contracts.errors import JobIdTaken, SdqueueError
 from sdqueue.contracts.topology import record_key
 from sdqueue.worker import store
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
-from sdqueue.worker.errors import JobIdTaken, SdqueueError
 from sdqueue.worker.publish import publish_event
 from sdqueue.worker.services import Services
 from sdqueue.worker.verify import Caller

@@ -21,14 +21,7 @@ from sdqueue.contracts import (
     ProgressEvent,
     SucceededEvent,
 )
-from sdqueue.contracts.topology import output_key
-from sdqueue.worker import store
-from sdqueue.worker.batching import Batcher
-from sdqueue.worker.claim import claim_job, is_held_by_another
-from sdqueue.worker.consume import Delivery
-from sdqueue.worker.context import JobContext
-from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
-from sdqueue.worker.errors import (
+from sdqueue.contracts.errors import (
     Cancelled,
     DeliveryLimitExceeded,
     Forbidden,
@@ -39,6 +32,13 @@ from sdqueue.worker.errors import (
     StorageRefused,
     Unattributed,
 )
+from sdqueue.contracts.topology import output_key
+from sdqueue.worker import store
+from sdqueue.worker.batching import Batcher
+from sdqueue.worker.claim import claim_job, is_held_by_another
+from sdqueue.worker.consume import Delivery
+from sdqueue.worker.context import JobContext
+from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
 from sdqueue.worker.fairness import batch_rank
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec
 from sdqueue.worker.inputs import INIT_KEY_FORBIDDEN, decode_inline_image, init_key_job, load_init_image

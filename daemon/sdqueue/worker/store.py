@@ -21,7 +21,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from sdqueue.config.s3 import object_url as bucket_object_url
 from sdqueue.config.settings import S3Settings
-from sdqueue.worker.errors import StorageError, StorageRefused
+from sdqueue.contracts.errors import StorageError, StorageRefused
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client

@@ -19,9 +19,9 @@ from pydantic import ValidationError
 
 from sdqueue.config import AuthSettings, IssuerKeys
 from sdqueue.contracts import QUOTA_CLAIM, SCOPE_ADMIN, SCOPE_GENERATE, Quota, body_sha256
+from sdqueue.contracts.errors import BodyMismatch, Forbidden, InvalidToken, MissingToken, TokenExpired, UnverifiedToken
 from sdqueue.contracts.quota import UNLIMITED
 from sdqueue.contracts.tokens import BEARER_PREFIX, REQUIRED_CLAIMS
-from sdqueue.worker.errors import BodyMismatch, Forbidden, InvalidToken, MissingToken, TokenExpired, UnverifiedToken
 
 GENERATE_SCOPES = frozenset({SCOPE_GENERATE, SCOPE_ADMIN})
 # The first pass checks the signature only; the claims are checked once the signer is known.

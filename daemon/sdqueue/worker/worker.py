@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from sdqueue.config import RuntimeSettings, S3Settings, Settings, make_s3_client
+from sdqueue.contracts.errors import StorageError
 from sdqueue.worker import store
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_overflow, declare_topology
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
-from sdqueue.worker.errors import StorageError
 from sdqueue.worker.fairness import FairIntake, take_in
 from sdqueue.worker.generate import (
     ImageGenerator,
