@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sdqueue.bridge._db import DatabaseUnavailable
 from sdqueue.contracts import BridgeCode, ErrorCode
-from sdqueue.contracts.errors import BridgeError, ClientError, StorageError, UnroutableRequest
+from sdqueue.contracts.errors import BridgeError, SdqueueError, StorageError, UnroutableRequest
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=HTTP_STATUS[code], headers=headers)
 
 
-def from_client_error(exc: ClientError) -> BridgeError:
-    """Translate what the sdqueue client raised into an error answer."""
+def from_client_error(exc: SdqueueError) -> BridgeError:
+    """Translate what the sdqueue client (or the bucket under it) raised into an error answer."""
     if isinstance(exc, UnroutableRequest):
         return BridgeError(ErrorCode.UNKNOWN_MODEL, f"no worker serves model {exc.model!r}")
     if isinstance(exc, StorageError):
@@ -92,7 +92,7 @@ async def _on_bridge_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_client_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ClientError)  # noqa: S101  # registered for ClientError only
+    assert isinstance(exc, SdqueueError)  # noqa: S101  # registered for SdqueueError only
     log.warning("%s %s: %s", request.method, request.url.path, exc)
     return await _on_bridge_error(request, from_client_error(exc))
 
@@ -131,7 +131,7 @@ def describe_problems(errors: Sequence[Any]) -> str:
 ErrorHandler = Callable[[Request, Exception], Awaitable[JSONResponse]]
 ERROR_HANDLERS: dict[type[Exception], ErrorHandler] = {
     BridgeError: _on_bridge_error,
-    ClientError: _on_client_error,
+    SdqueueError: _on_client_error,
     DBAPIError: _on_database_error,
     DatabaseUnavailable: _on_database_error,
     RequestValidationError: _on_validation_error,

@@ -17,7 +17,6 @@ from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
 from sdqueue.client import ClientError, mint_token, request_body, request_message
-from sdqueue.config import object_url
 from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
     BridgeCode,
@@ -33,6 +32,7 @@ from sdqueue.contracts import (
 )
 from sdqueue.contracts.errors import BridgeError
 from sdqueue.contracts.topology import output_key
+from sdqueue.storage import object_url
 
 RECORD_POLL_INTERVAL_S = 5.0
 

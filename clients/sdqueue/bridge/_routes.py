@@ -141,7 +141,7 @@ async def submit_with_image(
 
     Raises:
         BridgeError: the request, the image or its routing is refused.
-        ClientError: the bucket or the broker failed.
+        SdqueueError: the bucket or the broker failed.
     """
     extension = await image_extension(image, max_pixels=state.settings.limits.max_init_image_pixels)
     reference = InitImageKey(key=input_key(job_id, extension))

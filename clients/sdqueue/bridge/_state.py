@@ -19,7 +19,8 @@ from sdqueue.bridge._hub import HUB_QUEUE_PREFIX, EventHub
 from sdqueue.bridge._jobstore import JobStore
 from sdqueue.bridge._streams import StreamSlots
 from sdqueue.client import SdqueueClient, UsageError
-from sdqueue.config import Settings, make_s3_client
+from sdqueue.config import Settings
+from sdqueue.storage import make_s3_client
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client

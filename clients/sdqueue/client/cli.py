@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 
 from sdqueue.client.client import SdqueueClient
 from sdqueue.client.jobs import new_job_id
-from sdqueue.client.storage import ensure_bucket
 from sdqueue.client.tokens import mint_token
-from sdqueue.config import load_settings, make_s3_client
+from sdqueue.config import load_settings
 from sdqueue.contracts import (
     SCHEMA_VERSION,
     GenerationRequest,
@@ -28,7 +27,8 @@ from sdqueue.contracts import (
     SucceededEvent,
     WorkerHeartbeat,
 )
-from sdqueue.contracts.errors import ClientError, UsageError
+from sdqueue.contracts.errors import SdqueueError, UsageError
+from sdqueue.storage import ensure_bucket, make_s3_client
 
 if TYPE_CHECKING:
     from sdqueue.bridge import Accounts
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except ClientError as exc:
+    except SdqueueError as exc:
         print(f"sdqueue: {exc}", file=sys.stderr)
         return 1
 

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from sdqueue.client import storage
 from sdqueue.client.jobs import request_body, request_message
 from sdqueue.client.tokens import bearer, mint_token
-from sdqueue.config import BrokerSettings, Settings, make_s3_client
+from sdqueue.config import BrokerSettings, Settings
 from sdqueue.contracts import (
     HEARTBEAT_PATTERN,
     SCOPE_CANCEL,
@@ -47,7 +47,7 @@ from sdqueue.contracts.errors import (
     BrokerUnavailable,
     JobFailed,
     RequestRefused,
-    StorageUnavailable,
+    StorageError,
     UnroutableRequest,
     UsageError,
     WaitTimeout,
@@ -61,6 +61,7 @@ from sdqueue.contracts.topology import (
     job_events_pattern,
     requests_queue,
 )
+from sdqueue.storage import make_s3_client
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -367,7 +368,7 @@ class SdqueueClient:
         """The record, or None while it is missing or the bucket is unreachable (waiting goes on either way)."""
         try:
             return await self.read_record(job_id)
-        except StorageUnavailable as exc:
+        except StorageError as exc:
             log.debug("job %s: record not readable yet: %s", job_id, exc)
             return None
 

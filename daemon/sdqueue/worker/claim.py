@@ -10,9 +10,9 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
+from sdqueue import storage
 from sdqueue.contracts.errors import JobIdTaken
 from sdqueue.contracts.topology import claim_key
-from sdqueue.worker import store
 from sdqueue.worker.outcome import load_record
 from sdqueue.worker.verify import Caller
 
@@ -33,8 +33,8 @@ async def claim_job(job_id: str, *, caller: Caller, services: Services) -> None:
     """
     s3 = services.settings.s3
     body = json.dumps({"iss": caller.issuer, "sub": caller.subject}).encode()
-    created = await store.durable(
-        lambda: store.put_object_if_absent(
+    created = await storage.durable(
+        lambda: storage.put_object_if_absent(
             services.s3, bucket=s3.bucket, key=claim_key(job_id), data=body, content_type="application/json"
         ),
         job_id=job_id,
@@ -54,8 +54,8 @@ async def claimed_by(job_id: str, *, services: Services) -> Caller | None:
         StorageError: the bucket stayed unreachable for the outage budget.
     """
     s3 = services.settings.s3
-    stored = await store.durable(
-        lambda: store.read_object(services.s3, bucket=s3.bucket, key=claim_key(job_id), max_bytes=MAX_CLAIM_BYTES),
+    stored = await storage.durable(
+        lambda: storage.read_object(services.s3, bucket=s3.bucket, key=claim_key(job_id), max_bytes=MAX_CLAIM_BYTES),
         job_id=job_id,
         budget_s=s3.outage_budget_s,
     )

@@ -9,10 +9,10 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
+from sdqueue import storage
 from sdqueue.contracts import JobEvent, TerminalEvent, parse_terminal_event
 from sdqueue.contracts.errors import JobIdTaken, SdqueueError
 from sdqueue.contracts.topology import record_key
-from sdqueue.worker import store
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.publish import publish_event
@@ -42,8 +42,8 @@ async def load_record(job_id: str, *, services: Services) -> StoredRecord | None
         StorageError: the bucket is unreachable.
     """
     s3 = services.settings.s3
-    stored = await store.durable(
-        lambda: store.read_object(services.s3, bucket=s3.bucket, key=record_key(job_id), max_bytes=MAX_RECORD_BYTES),
+    stored = await storage.durable(
+        lambda: storage.read_object(services.s3, bucket=s3.bucket, key=record_key(job_id), max_bytes=MAX_RECORD_BYTES),
         job_id=job_id,
         budget_s=s3.outage_budget_s,
     )
@@ -75,8 +75,8 @@ async def finish(event: TerminalEvent, *, ctx: JobContext, delivery: Delivery, s
     """Store the result record once the caller is known (first writer wins), then publish the stored outcome."""
     if ctx.owner is not None:
         s3, owner = services.settings.s3, ctx.owner
-        written = await store.durable(
-            lambda: store.put_object_if_absent(
+        written = await storage.durable(
+            lambda: storage.put_object_if_absent(
                 services.s3,
                 bucket=s3.bucket,
                 key=record_key(ctx.job_id),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
+from sdqueue import storage
 from sdqueue.contracts import (
     GenerationRequest,
     ImageInfo,
@@ -33,7 +34,6 @@ from sdqueue.contracts.errors import (
     Unattributed,
 )
 from sdqueue.contracts.topology import output_key
-from sdqueue.worker import store
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.claim import claim_job, is_held_by_another
 from sdqueue.worker.consume import Delivery
@@ -199,7 +199,7 @@ async def fetch_init_image(request: GenerationRequest, *, ctx: JobContext, servi
     else:
         key = request.init_image.key
         await check_init_key(key, ctx=ctx, services=services)
-        stored = await store.durable(
+        stored = await storage.durable(
             lambda: read_init_object(key, services=services),
             job_id=request.job_id,
             budget_s=services.settings.s3.outage_budget_s,
@@ -224,7 +224,7 @@ async def check_init_key(key: str, *, ctx: JobContext, services: Services) -> No
         raise Forbidden(INIT_KEY_FORBIDDEN)
 
 
-async def read_init_object(key: str, *, services: Services) -> store.StoredBytes | None:
+async def read_init_object(key: str, *, services: Services) -> storage.StoredBytes | None:
     """Read an init image by key; a 4xx other than throttling is the key's fault, not an outage.
 
     Raises:
@@ -233,7 +233,7 @@ async def read_init_object(key: str, *, services: Services) -> store.StoredBytes
     """
     s3, limits = services.settings.s3, services.settings.limits
     try:
-        return await store.read_object(services.s3, bucket=s3.bucket, key=key, max_bytes=limits.max_init_image_bytes)
+        return await storage.read_object(services.s3, bucket=s3.bucket, key=key, max_bytes=limits.max_init_image_bytes)
     except StorageRefused as exc:
         raise InvalidImage("init image key cannot be read") from exc
 
@@ -354,19 +354,19 @@ async def upload_images(
     async def put_all() -> None:
         await asyncio.gather(
             *(
-                store.put_object(
+                storage.put_object(
                     services.s3, bucket=s3.bucket, key=key, data=image.data, content_type=image.content_type
                 )
                 for key, image in zip(keys, encoded, strict=True)
             )
         )
 
-    await store.durable(put_all, job_id=request.job_id, budget_s=s3.outage_budget_s)
+    await storage.durable(put_all, job_id=request.job_id, budget_s=s3.outage_budget_s)
     return [
         ImageInfo(
             index=index,
             key=key,
-            url=store.object_url(services.s3, s3=s3, key=key),
+            url=storage.object_url(services.s3, s3=s3, key=key),
             content_type=image.content_type,
             width=image.width,
             height=image.height,

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
-from sdqueue.config import RuntimeSettings, S3Settings, Settings, make_s3_client
+from sdqueue import storage
+from sdqueue.config import RuntimeSettings, S3Settings, Settings
 from sdqueue.contracts.errors import StorageError
-from sdqueue.worker import store
+from sdqueue.storage import make_s3_client
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_overflow, declare_topology
 from sdqueue.worker.context import JobContext
@@ -141,7 +142,7 @@ async def wait_for_storage(client: S3Client, *, s3_settings: S3Settings) -> None
     deadline = time.monotonic() + s3_settings.outage_budget_s
     while True:
         try:
-            await store.check_bucket(client, bucket=s3_settings.bucket)
+            await storage.check_bucket(client, bucket=s3_settings.bucket)
         except StorageError as exc:
             if time.monotonic() >= deadline:
                 raise

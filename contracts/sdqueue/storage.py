@@ -1,7 +1,9 @@
-"""The S3 stage: put, conditionally create, read and locate objects, with boto3 running off the event loop.
+"""The one S3 helper of the worker, the client, the bridge and the dev stack: build the client, put, conditionally
+create, read, delete and locate objects, check or create the bucket, with boto3 running off the event loop.
 
-Every botocore, boto3 and urllib3 error is translated here into `StorageError` with a message safe to show
-the requester (no host, key or bucket names); the original stays attached as `__cause__` for the logs.
+Every botocore, boto3 and urllib3 error is translated here into `StorageError` (`StorageRefused` for a request the
+bucket will refuse again) with a message safe to show the requester (no host, key or bucket names); the original
+stays attached as `__cause__` for the logs.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import quote
 
+import boto3
 from boto3.exceptions import Boto3Error
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from sdqueue.config.s3 import object_url as bucket_object_url
 from sdqueue.config.settings import S3Settings
 from sdqueue.contracts.errors import StorageError, StorageRefused
 
@@ -31,6 +35,7 @@ T = TypeVar("T")
 
 _STORAGE_ERRORS = (BotoCoreError, ClientError, Boto3Error, Urllib3Error)
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_NO_BUCKET_CODES = _NOT_FOUND_CODES | {"NoSuchBucket"}
 _PRECONDITION_FAILED_CODES = frozenset({"412", "PreconditionFailed"})
 _EMPTY_RANGE_CODES = frozenset({"416", "InvalidRange"})
 _SAFE_ERROR_CODE = re.compile(r"^[A-Za-z0-9.]{1,64}$")
@@ -48,6 +53,26 @@ class StoredBytes:
     data: bytes
     metadata: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
+
+
+def make_s3_client(s3: S3Settings) -> S3Client:
+    """Return a thread-safe boto3 S3 client for the configured endpoint, keys and timeouts."""
+    secret = s3.secret_access_key.get_secret_value() if s3.secret_access_key else None
+    config = Config(
+        connect_timeout=s3.timeout_s,
+        read_timeout=s3.timeout_s,
+        retries={"max_attempts": s3.max_attempts, "mode": "standard"},
+        s3={"addressing_style": "path"},
+        signature_version="s3v4",
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=secret,
+        config=config,
+    )
 
 
 async def put_object(
@@ -89,6 +114,7 @@ async def put_object_if_absent(
     Raises:
         StorageError: the endpoint refused, timed out or could not be reached.
     """
+    meta = dict(metadata or {})
     with _translated("write"):
         try:
             await asyncio.to_thread(
@@ -97,7 +123,7 @@ async def put_object_if_absent(
                 Key=key,
                 Body=data,
                 ContentType=content_type,
-                Metadata=dict(metadata or {}),
+                Metadata=meta,
                 IfNoneMatch="*",
             )
         except ClientError as exc:
@@ -135,14 +161,28 @@ async def object_exists(client: S3Client, *, bucket: str, key: str) -> bool:
     return True
 
 
+async def delete_object(client: S3Client, *, bucket: str, key: str) -> None:
+    """Remove the object at `key`; removing one that is not there is no error.
+
+    Raises:
+        StorageError: the endpoint refused, timed out or could not be reached.
+    """
+    with _translated("delete"):
+        await asyncio.to_thread(client.delete_object, Bucket=bucket, Key=key)
+
+
 def object_url(client: S3Client, *, s3: S3Settings, key: str) -> str:
-    """Return a URL for `key`: the public base URL plus the key when configured, else a presigned GET URL.
+    """Return a URL for `key`: the public base URL plus the key when configured, else a GET URL presigned now.
 
     Raises:
         StorageError: the client cannot sign, for instance because it has no credentials.
     """
+    if s3.public_base_url:
+        return f"{s3.public_base_url.rstrip('/')}/{quote(key, safe='/')}"
     with _translated("signing"):
-        return bucket_object_url(client, s3=s3, key=key)
+        return client.generate_presigned_url(
+            "get_object", Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=s3.url_ttl_s
+        )
 
 
 async def check_bucket(client: S3Client, *, bucket: str) -> None:
@@ -151,13 +191,36 @@ async def check_bucket(client: S3Client, *, bucket: str) -> None:
     Raises:
         StorageError: the endpoint is unreachable or refuses, or the bucket does not exist.
     """
+    if not await _bucket_exists(client, bucket=bucket):
+        raise StorageError("storage bucket not found")
+
+
+async def ensure_bucket(client: S3Client, *, s3: S3Settings) -> bool:
+    """Create the configured bucket unless it exists; True if it was created (for deployments and compose).
+
+    Raises:
+        StorageError: the bucket could not be checked or created.
+    """
+    if await _bucket_exists(client, bucket=s3.bucket):
+        return False
+    with _translated("bucket creation"):
+        if s3.region == "us-east-1":
+            await asyncio.to_thread(client.create_bucket, Bucket=s3.bucket)
+        else:
+            location = {"LocationConstraint": s3.region}
+            await asyncio.to_thread(client.create_bucket, Bucket=s3.bucket, CreateBucketConfiguration=location)  # type: ignore[arg-type]
+    return True
+
+
+async def _bucket_exists(client: S3Client, *, bucket: str) -> bool:
     with _translated("bucket check"):
         try:
             await asyncio.to_thread(client.head_bucket, Bucket=bucket)
         except ClientError as exc:
-            if _error_code(exc) in (*_NOT_FOUND_CODES, "NoSuchBucket"):
-                raise StorageError("storage bucket not found") from exc
+            if _error_code(exc) in _NO_BUCKET_CODES:
+                return False
             raise
+    return True
 
 
 def _read_object(client: S3Client, *, bucket: str, key: str, max_bytes: int) -> StoredBytes | None:
