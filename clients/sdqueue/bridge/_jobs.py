@@ -7,7 +7,6 @@ presigned afresh from the record's keys on every read.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
 
 from pydantic import ValidationError
@@ -17,6 +16,7 @@ from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
 from sdqueue.client import ClientError, mint_token, request_body, request_message
+from sdqueue.client.follow import follow_job
 from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
     BridgeCode,
@@ -27,14 +27,11 @@ from sdqueue.contracts import (
     StartedEvent,
     SucceededEvent,
     TerminalEvent,
-    is_terminal,
     utc_now,
 )
 from sdqueue.contracts.errors import BridgeError
 from sdqueue.contracts.topology import output_key
 from sdqueue.storage import object_url
-
-RECORD_POLL_INTERVAL_S = 5.0
 
 
 def job_links(job_id: str) -> JobLinks:
@@ -199,7 +196,6 @@ async def job_events(row: JobRow, *, state: BridgeState, timeout_s: float) -> As
     A terminal event on the broker only makes the record worth reading: without a record it is ignored. Stops
     after `timeout_s` without a record.
     """
-    deadline = time.monotonic() + timeout_s
     async with state.hub.subscribe(row.job_id) as queue:
         record = await current_record(row, state=state)
         if record is not None:
@@ -208,15 +204,12 @@ async def job_events(row: JobRow, *, state: BridgeState, timeout_s: float) -> As
         latest = state.hub.latest(row.job_id)
         if latest is not None:
             yield latest
-        while (remaining := deadline - time.monotonic()) > 0:
-            event = await state.hub.next_event(queue, timeout_s=min(remaining, RECORD_POLL_INTERVAL_S))
-            if event is None or is_terminal(event):
-                # A quiet spell or a claimed end: the record is the truth (events may also be lost in a reconnect).
-                record = await current_record(row, state=state)
-                if record is not None:
-                    yield record
-                    return
-                event = None
+        async for event in follow_job(
+            queue,
+            read_record=lambda: current_record(row, state=state),
+            timeout_s=timeout_s,
+            allow_terminal_events=False,  # the record is the truth (events may also be lost in a reconnect)
+        ):
             yield event
 
 

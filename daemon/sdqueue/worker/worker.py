@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from sdqueue import storage
+from sdqueue.broker import connect
 from sdqueue.config import RuntimeSettings, S3Settings, Settings
 from sdqueue.contracts.errors import StorageError
 from sdqueue.storage import make_s3_client
 from sdqueue.worker.batching import Batcher
-from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_overflow, declare_topology
+from sdqueue.worker.consume import Delivery, consume_jobs, declare_overflow, declare_topology
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
 from sdqueue.worker.fairness import FairIntake, take_in
