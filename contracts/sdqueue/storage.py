@@ -29,9 +29,11 @@ from sdqueue.contracts.errors import StorageError, StorageRefused
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
+    from types_boto3_s3.type_defs import PutObjectRequestTypeDef
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Metadata = Mapping[str, str]
 
 _STORAGE_ERRORS = (BotoCoreError, ClientError, Boto3Error, Urllib3Error)
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -76,61 +78,44 @@ def make_s3_client(s3: S3Settings) -> S3Client:
 
 
 async def put_object(
-    client: S3Client,
-    *,
-    bucket: str,
-    key: str,
-    data: bytes,
-    content_type: str,
-    metadata: Mapping[str, str] | None = None,
+    client: S3Client, *, bucket: str, key: str, data: bytes, content_type: str, metadata: Metadata | None = None
 ) -> None:
     """Store `data` under `key`, replacing any object there.
 
     Raises:
         StorageError: the endpoint refused, timed out or could not be reached.
     """
+    request = _put_request(bucket=bucket, key=key, data=data, content_type=content_type, metadata=metadata)
     with _translated("write"):
-        await asyncio.to_thread(
-            client.put_object,
-            Bucket=bucket,
-            Key=key,
-            Body=data,
-            ContentType=content_type,
-            Metadata=dict(metadata or {}),
-        )
+        await asyncio.to_thread(lambda: client.put_object(**request))
 
 
 async def put_object_if_absent(
-    client: S3Client,
-    *,
-    bucket: str,
-    key: str,
-    data: bytes,
-    content_type: str,
-    metadata: Mapping[str, str] | None = None,
+    client: S3Client, *, bucket: str, key: str, data: bytes, content_type: str, metadata: Metadata | None = None
 ) -> bool:
     """Create `key` only if nothing is stored there (`If-None-Match: *`); return False if it already existed.
+
+    The first writer wins: that is how claims and result records are written.
 
     Raises:
         StorageError: the endpoint refused, timed out or could not be reached.
     """
-    meta = dict(metadata or {})
+    request = _put_request(bucket=bucket, key=key, data=data, content_type=content_type, metadata=metadata)
+    request["IfNoneMatch"] = "*"
     with _translated("write"):
         try:
-            await asyncio.to_thread(
-                client.put_object,
-                Bucket=bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                Metadata=meta,
-                IfNoneMatch="*",
-            )
+            await asyncio.to_thread(lambda: client.put_object(**request))
         except ClientError as exc:
             if _error_code(exc) in _PRECONDITION_FAILED_CODES:
                 return False
             raise
     return True
+
+
+def _put_request(
+    *, bucket: str, key: str, data: bytes, content_type: str, metadata: Metadata | None
+) -> PutObjectRequestTypeDef:
+    return {"Bucket": bucket, "Key": key, "Body": data, "ContentType": content_type, "Metadata": dict(metadata or {})}
 
 
 async def read_object(client: S3Client, *, bucket: str, key: str, max_bytes: int) -> StoredBytes | None:
