@@ -37,7 +37,7 @@ SdqueueError                      code                     retryable
 │   ├── InvalidWebhook            unauthenticated          no
 │   ├── WaitTimeout               timeout (BridgeCode)     yes
 │   └── JobFailed                 the event's code         the event's
-└── BridgeError                   any code, given          yes for unavailable, timeout, too_many_requests
+└── BridgeError                   any code, given          as its code says (RETRYABLE_CODES)
 ```
 """
 
