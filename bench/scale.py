@@ -15,9 +15,10 @@ from pathlib import Path
 
 from bench._stack import bench_stack, txt2img_request
 from sdqueue.client import SdqueueClient
-from sdqueue.config import Settings, make_s3_client
+from sdqueue.config import Settings
 from sdqueue.contracts import SucceededEvent
 from sdqueue.devstack.stack import start_worker, stop_process
+from sdqueue.storage import make_s3_client
 
 WORKER_COUNTS, JOBS, SIZE_PX, STEPS = (1, 2, 4), 48, 128, 10
 

@@ -8,7 +8,7 @@ import time
 import pytest
 from pydantic import SecretStr
 
-from sdqueue.bridge import Account, BridgeError, issue_access_token, read_access_token
+from sdqueue.bridge import HTTP_STATUS, Account, BridgeError, issue_access_token, read_access_token
 from sdqueue.config import BridgeSettings
 
 ALICE = Account(user_id="a1b2c3", name="alice", token_generation=3)
@@ -23,7 +23,7 @@ def bridge() -> BridgeSettings:
 def refusal(token: str, *, bridge: BridgeSettings) -> str:
     with pytest.raises(BridgeError) as caught:
         read_access_token(token, bridge=bridge)
-    assert caught.value.status == 401
+    assert HTTP_STATUS[caught.value.code] == 401
     return caught.value.code
 
 

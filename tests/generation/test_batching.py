@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from sdqueue.config import BatchSettings, RuntimeSettings
+from sdqueue.contracts.errors import GenerationFailed
 from sdqueue.worker.batching import Batcher
-from sdqueue.worker.errors import GenerationFailed
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec, ImageGenerator
 
 # On CPU the generator pins the kernels that torch would pick by batch size (sdqueue.worker.generate._invariant),

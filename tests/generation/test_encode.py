@@ -9,8 +9,8 @@ import pytest
 from PIL import ExifTags, Image, PngImagePlugin
 
 from sdqueue.contracts import CONTENT_TYPES
+from sdqueue.contracts.errors import GenerationFailed
 from sdqueue.worker.encode import encode_images, format_parameters
-from sdqueue.worker.errors import GenerationFailed
 
 RTL_AND_EMOJI = "قطة على القمر 🐱🌙 — שלום"
 

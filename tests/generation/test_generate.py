@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from sdqueue.contracts.errors import Cancelled, GenerationFailed, InvalidRequest
 from sdqueue.worker.encode import encode_images
-from sdqueue.worker.errors import Cancelled, GenerationFailed, InvalidRequest
 from sdqueue.worker.generate import SCHEDULERS, GenerationSpec, load_generator
 from tests.plugins.tiny_model import TEST_RUNTIME
 

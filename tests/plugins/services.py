@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 from pydantic import SecretStr
 
-from sdqueue.config.s3 import make_s3_client
 from sdqueue.config.settings import S3Settings
 from sdqueue.devstack import (
     DevstackError,
@@ -27,6 +26,7 @@ from sdqueue.devstack import (
     start_seaweed,
 )
 from sdqueue.devstack.rabbit import DEFAULT_BROKER_URL
+from sdqueue.storage import make_s3_client
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client

@@ -12,10 +12,9 @@ import pytest
 from aio_pika.exceptions import AMQPError
 from pydantic import SecretStr
 
-from sdqueue.config.s3 import make_s3_client
 from sdqueue.config.settings import S3Settings
 from sdqueue.devstack import SeaweedServer, broker_is_up, create_vhost, delete_vhost, start_seaweed
-from sdqueue.worker.store import object_exists, put_object
+from sdqueue.storage import make_s3_client, object_exists, put_object
 from tests.plugins.services import SeaweedStack, random_keys
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from sdqueue.client.storage import ensure_bucket
+from sdqueue.storage import ensure_bucket
 from tests.plugins.services import SeaweedStack
 
 if TYPE_CHECKING:

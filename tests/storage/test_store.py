@@ -13,13 +13,14 @@ import pytest
 from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
-from sdqueue.config.s3 import make_s3_client
+from sdqueue import storage
+from sdqueue.contracts.errors import StorageError, StorageRefused
 from sdqueue.devstack import start_seaweed
-from sdqueue.worker import store
-from sdqueue.worker.errors import StorageError, StorageRefused
-from sdqueue.worker.store import (
+from sdqueue.storage import (
     StoredBytes,
     check_bucket,
+    delete_object,
+    make_s3_client,
     object_exists,
     object_url,
     put_object,
@@ -53,6 +54,16 @@ async def test_missing_key_reads_as_none(seaweed: SeaweedStack, s3_client: S3Cli
     key = unique_key("absent.png")
 
     assert await read_object(s3_client, bucket=seaweed.s3.bucket, key=key, max_bytes=100) is None
+    assert not await object_exists(s3_client, bucket=seaweed.s3.bucket, key=key)
+
+
+async def test_delete_removes_the_object_and_tolerates_its_absence(seaweed: SeaweedStack, s3_client: S3Client) -> None:
+    key = unique_key("init.png")
+    await put_object(s3_client, bucket=seaweed.s3.bucket, key=key, data=b"png", content_type="image/png")
+
+    await delete_object(s3_client, bucket=seaweed.s3.bucket, key=key)
+    await delete_object(s3_client, bucket=seaweed.s3.bucket, key=key)
+
     assert not await object_exists(s3_client, bucket=seaweed.s3.bucket, key=key)
 
 
@@ -213,7 +224,7 @@ def test_a_4xx_other_than_throttling_is_a_refusal_not_an_outage(status: int, cod
         "GetObject",
     )
 
-    with pytest.raises(StorageError) as caught, store._translated("read"):
+    with pytest.raises(StorageError) as caught, storage._translated("read"):
         raise answer
 
     assert isinstance(caught.value, StorageRefused) is is_refused

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from sdqueue.contracts import JobEvent, TerminalEvent
+from sdqueue.contracts.errors import StorageError
 from sdqueue.worker.consume import Delivery
-from sdqueue.worker.errors import StorageError
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec
 from sdqueue.worker.ports import StoredRecord
 from sdqueue.worker.publish import PublishFailed

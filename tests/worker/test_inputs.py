@@ -13,7 +13,7 @@ from PIL import Image
 
 from sdqueue.config import LimitSettings
 from sdqueue.contracts import ErrorCode
-from sdqueue.worker.errors import SdqueueError
+from sdqueue.contracts.errors import SdqueueError
 from sdqueue.worker.inputs import decode_inline_image, load_init_image
 
 LIMITS = LimitSettings(max_init_image_pixels=1024 * 1024, max_init_image_bytes=1024 * 1024)
@@ -40,7 +40,7 @@ def _png_claiming(width: int, height: int) -> bytes:
 def _code(data: bytes) -> ErrorCode:
     with pytest.raises(SdqueueError) as caught:
         load_init_image(data, limits=LIMITS)
-    return caught.value.code
+    return ErrorCode(caught.value.code)  # a wire code, never a bridge-only one
 
 
 @pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGBA"), ("JPEG", "RGB"), ("WEBP", "RGB"), ("PNG", "L")])

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 from sdqueue.client.tokens import mint_token
 from sdqueue.config import AuthSettings, FairnessSettings, LimitSettings
 from sdqueue.contracts import ErrorCode, Quota
-from sdqueue.worker.errors import SdqueueError
+from sdqueue.contracts.errors import SdqueueError
 from sdqueue.worker.fairness import RANK_HIGH, RANK_MAIN, RANK_OVERFLOW, FairIntake, batch_rank
 from sdqueue.worker.validate import parse_job
 from sdqueue.worker.verify import Caller, load_keys, verify_token

@@ -9,7 +9,7 @@ import pytest
 
 from sdqueue.config import LimitSettings, ModelDefaults
 from sdqueue.contracts import ErrorCode
-from sdqueue.worker.errors import SdqueueError
+from sdqueue.contracts.errors import SdqueueError
 from sdqueue.worker.validate import derive_seed, image_seeds, job_id_from_body, parse_job
 
 LIMITS = LimitSettings(max_pixels=512 * 512, max_steps=50, max_images=4, max_body_bytes=64 * 1024)
@@ -27,7 +27,7 @@ def _parse(body: bytes, *, job_id: str = "job-1") -> Any:
 def _code(body: bytes, *, job_id: str = "job-1") -> ErrorCode:
     with pytest.raises(SdqueueError) as caught:
         _parse(body, job_id=job_id)
-    return caught.value.code
+    return ErrorCode(caught.value.code)  # a wire code, never a bridge-only one
 
 
 def test_valid_request_parses():

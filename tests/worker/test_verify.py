@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from sdqueue.config import AuthSettings, IssuerKeys
 from sdqueue.contracts import ErrorCode, body_sha256
-from sdqueue.worker.errors import SdqueueError
+from sdqueue.contracts.errors import SdqueueError
 from sdqueue.worker.verify import load_keys, verify_token
 
 SECRET = "a-shared-secret-of-at-least-32-bytes!!"
@@ -63,7 +63,7 @@ def _code(token: str, auth: AuthSettings, *, body: bytes = BODY) -> ErrorCode:
     with pytest.raises(SdqueueError) as caught:
         _verify(token, auth, body=body)
     assert caught.value.retryable is False
-    return caught.value.code
+    return ErrorCode(caught.value.code)  # a wire code, never a bridge-only one
 
 
 def test_hs256_rs256_and_eddsa_tokens_verify(auth: AuthSettings):

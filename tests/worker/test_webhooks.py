@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from sdqueue.client import verify_webhook
 from sdqueue.config import WebhookSettings
 from sdqueue.contracts import ErrorCode, ErrorInfo, FailedEvent
+from sdqueue.contracts.errors import Forbidden
 from sdqueue.contracts.webhooks import webhook_event_id
-from sdqueue.worker.errors import Forbidden
 from sdqueue.worker.webhooks import (
     USER_AGENT,
     WebhookOutcome,

@@ -20,8 +20,9 @@ from sdqueue.bridge._db import (
     open_database,
     upgrade_database,
 )
-from sdqueue.bridge._errors import HTTP_STATUS, BridgeError
+from sdqueue.bridge._errors import HTTP_STATUS
 from sdqueue.bridge._jobstore import JobRow, JobStore
+from sdqueue.contracts.errors import BridgeError
 
 __all__ = [
     "HTTP_STATUS",

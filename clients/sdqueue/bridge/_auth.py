@@ -15,9 +15,9 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
 from sdqueue.bridge._accounts import Account
-from sdqueue.bridge._errors import BridgeError
 from sdqueue.config import BridgeSettings
-from sdqueue.contracts import ErrorCode
+from sdqueue.contracts import BridgeCode, ErrorCode
+from sdqueue.contracts.errors import BridgeError
 
 ACCESS_AUDIENCE = "sdqueue-bridge"
 ACCESS_ISSUER = "sdqueue-bridge"
@@ -85,7 +85,7 @@ def _rejected() -> BridgeError:
 
 def _secret(bridge: BridgeSettings) -> str:
     if bridge.token_secret is None:
-        raise BridgeError("unavailable", "the bridge has no token secret configured")
+        raise BridgeError(BridgeCode.UNAVAILABLE, "the bridge has no token secret configured")
     return bridge.token_secret.get_secret_value()
 
 

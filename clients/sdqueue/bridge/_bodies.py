@@ -15,9 +15,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from sdqueue.bridge._errors import BridgeError, describe_problems
+from sdqueue.bridge._errors import describe_problems
 from sdqueue.bridge._uploads import read_upload
 from sdqueue.contracts import ErrorCode
+from sdqueue.contracts.errors import BridgeError
 
 Body = TypeVar("Body", bound=BaseModel)
 MAX_FORM_FIELDS = 32

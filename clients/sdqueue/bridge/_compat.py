@@ -11,14 +11,15 @@ from fastapi.responses import Response
 from sdqueue.bridge._accounts import Account, AccountError, Throttled, UserExists
 from sdqueue.bridge._auth import CurrentUser
 from sdqueue.bridge._bodies import form_body, json_body, read_form, read_json
-from sdqueue.bridge._errors import CONFLICT, TIMEOUT, TOO_MANY_REQUESTS, BridgeError, error_responses
+from sdqueue.bridge._errors import error_responses
 from sdqueue.bridge._jobs import build_request, submit_job, wait_for_job
 from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import CompatImageForm, SignupBody, SignupDone, TextoBody
 from sdqueue.bridge._routes import client_address, submit_with_image
 from sdqueue.bridge._state import BridgeState, get_state
 from sdqueue.client import new_job_id
-from sdqueue.contracts import ErrorCode
+from sdqueue.contracts import BridgeCode, ErrorCode
+from sdqueue.contracts.errors import BridgeError
 
 State = Annotated[BridgeState, Depends(get_state)]
 DEFAULT_IMG2IMG_PROMPT = "A beautiful landscape"
@@ -100,9 +101,11 @@ async def registrar_usuario(request: Request, state: State) -> SignupDone:
     try:
         await state.accounts.add(body.correo, body.contrasena, address=client_address(request))
     except Throttled as exc:
-        raise BridgeError(TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
+        raise BridgeError(
+            BridgeCode.TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        ) from exc
     except UserExists as exc:
-        raise BridgeError(CONFLICT, "that user already exists") from exc
+        raise BridgeError(BridgeCode.CONFLICT, "that user already exists") from exc
     except AccountError as exc:
         raise BridgeError(ErrorCode.INVALID_REQUEST, str(exc)) from exc
     return SignupDone(usuario=body.correo)
@@ -131,7 +134,7 @@ async def _png_when_done(row: JobRow, *, owner: Account, state: BridgeState) -> 
         status = await wait_for_job(row, state=state, timeout_s=state.settings.bridge.max_wait_s)
     result = status.result
     if result is None:
-        raise BridgeError(TIMEOUT, f"job {row.job_id} did not finish in time")
+        raise BridgeError(BridgeCode.TIMEOUT, f"job {row.job_id} did not finish in time")
     if result.type != "succeeded":
         raise BridgeError(result.error.code, result.error.message)
     data = await state.client.fetch_image(result.images[0])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -193,7 +193,7 @@ def upgrade_database(url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         # It holds password hashes: owner only. SQLite gives its -wal and -shm files the same mode.
         path.touch(mode=0o600)
     try:
-        asyncio.run(_upgrade(url, timeout_s=timeout_s))
+        asyncio.run(run_in_transaction(url, _upgrade_on, timeout_s=timeout_s))
     except (DBAPIError, OSError) as exc:
         raise DatabaseUnavailable("the bridge database cannot be migrated", cause=exc) from exc
 
@@ -295,11 +295,12 @@ def _alembic_config() -> Config:
     return config
 
 
-async def _upgrade(url: str, *, timeout_s: float) -> None:
+async def run_in_transaction(url: str, work: Callable[[Connection], None], *, timeout_s: float) -> None:
+    """Connect to `url` and run `work` on one connection in one transaction (the upgrade, Alembic's CLI)."""
     engine = create_engine(url, timeout_s=timeout_s)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(_upgrade_on)
+            await connection.run_sync(work)
     finally:
         await engine.dispose()
 

@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sdqueue.bridge._errors import TOO_LARGE, error_response
+from sdqueue.bridge._errors import error_response
 from sdqueue.config import BridgeSettings, LimitSettings, S3Settings
-from sdqueue.contracts import ErrorCode
+from sdqueue.contracts import BridgeCode, ErrorCode
 
 # Routes whose bodies carry image files, and how many: their cap is that many images plus the form's other fields.
 UPLOAD_FILES: Mapping[str, int] = {"/v1/img2img": 1, "/generar-imagen-imagen": 1}
@@ -87,7 +87,7 @@ def _declared_length(scope: Scope) -> int:
 
 
 def _too_large(scope: Scope, cap: int) -> ASGIApp:
-    code = ErrorCode.IMAGE_TOO_LARGE if scope["path"] in UPLOAD_FILES else TOO_LARGE
+    code = ErrorCode.IMAGE_TOO_LARGE if scope["path"] in UPLOAD_FILES else BridgeCode.REQUEST_TOO_LARGE
     response = error_response(code, f"the request body is larger than {cap} bytes")
     response.headers["Connection"] = "close"  # the rest of the body is never read
     return response

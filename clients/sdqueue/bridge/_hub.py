@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from aio_pika.exceptions import AMQPError
 from pydantic import ValidationError
 
-from sdqueue.client import BrokerUnavailable, sent_by_worker
+from sdqueue.broker import connect
+from sdqueue.client import sent_by_worker
 from sdqueue.config import BrokerSettings
 from sdqueue.contracts import JobEvent, is_terminal, parse_event
 from sdqueue.contracts.topology import EVENTS_EXCHANGE, EXCHANGE_TYPES
@@ -45,20 +45,16 @@ class EventHub:
         Raises:
             BrokerUnavailable: the broker could not be reached in time.
         """
-        try:
-            async with asyncio.timeout(self._broker.connect_timeout_s):
-                self._connection = await aio_pika.connect_robust(
-                    self._broker.url.get_secret_value(), heartbeat=self._broker.heartbeat_s
-                )
-                channel = await self._connection.channel()
-                exchange_type = aio_pika.ExchangeType(EXCHANGE_TYPES[EVENTS_EXCHANGE])
-                exchange = await channel.declare_exchange(EVENTS_EXCHANGE, exchange_type, durable=True)
-                queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
-                await queue.bind(exchange, routing_key=ALL_JOBS)
-                await queue.consume(self._on_message, no_ack=True)
-        except (AMQPError, OSError, TimeoutError) as exc:
-            await self.close()
-            raise BrokerUnavailable("could not subscribe to job events") from exc
+
+        async def subscribe(connection: AbstractRobustConnection) -> None:
+            channel = await connection.channel()
+            exchange_type = aio_pika.ExchangeType(EXCHANGE_TYPES[EVENTS_EXCHANGE])
+            exchange = await channel.declare_exchange(EVENTS_EXCHANGE, exchange_type, durable=True)
+            queue = await channel.declare_queue(queue_name, exclusive=True, auto_delete=True)
+            await queue.bind(exchange, routing_key=ALL_JOBS)
+            await queue.consume(self._on_message, no_ack=True)
+
+        self._connection = await connect(self._broker, prepare=subscribe)
 
     async def close(self) -> None:
         """Close the subscription's connection."""
@@ -74,14 +70,6 @@ class EventHub:
     def latest(self, job_id: str) -> JobEvent | None:
         """The last progress event seen for a job, if it is still cached."""
         return self._latest.get(job_id)
-
-    async def next_event(self, queue: asyncio.Queue[JobEvent], *, timeout_s: float) -> JobEvent | None:
-        """The next event a subscription receives, or None after `timeout_s` of quiet."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await queue.get()
-        except TimeoutError:
-            return None
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[asyncio.Queue[JobEvent]]:

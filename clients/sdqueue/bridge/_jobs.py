@@ -7,20 +7,19 @@ presigned afresh from the record's keys on every read.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
 
 from pydantic import ValidationError
 
 from sdqueue.bridge._accounts import Account
-from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, UNAVAILABLE, BridgeError
 from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import JobLinks, JobState, JobStatus, Progress
 from sdqueue.bridge._state import BridgeState
 from sdqueue.client import ClientError, mint_token, request_body, request_message
-from sdqueue.config import object_url
+from sdqueue.client.follow import follow_job
 from sdqueue.config.limits import limit_violation
 from sdqueue.contracts import (
+    BridgeCode,
     ErrorCode,
     GenerationRequest,
     JobEvent,
@@ -28,12 +27,11 @@ from sdqueue.contracts import (
     StartedEvent,
     SucceededEvent,
     TerminalEvent,
-    is_terminal,
     utc_now,
 )
+from sdqueue.contracts.errors import BridgeError
 from sdqueue.contracts.topology import output_key
-
-RECORD_POLL_INTERVAL_S = 5.0
+from sdqueue.storage import object_url
 
 
 def job_links(job_id: str) -> JobLinks:
@@ -129,7 +127,7 @@ async def owned_job(job_id: str, *, owner: Account, state: BridgeState) -> JobRo
     """
     row = await state.jobs.get(job_id, owner_id=owner.user_id)
     if row is None:
-        raise BridgeError(NOT_FOUND, "no such job")
+        raise BridgeError(BridgeCode.NOT_FOUND, "no such job")
     return row
 
 
@@ -198,7 +196,6 @@ async def job_events(row: JobRow, *, state: BridgeState, timeout_s: float) -> As
     A terminal event on the broker only makes the record worth reading: without a record it is ignored. Stops
     after `timeout_s` without a record.
     """
-    deadline = time.monotonic() + timeout_s
     async with state.hub.subscribe(row.job_id) as queue:
         record = await current_record(row, state=state)
         if record is not None:
@@ -207,15 +204,12 @@ async def job_events(row: JobRow, *, state: BridgeState, timeout_s: float) -> As
         latest = state.hub.latest(row.job_id)
         if latest is not None:
             yield latest
-        while (remaining := deadline - time.monotonic()) > 0:
-            event = await state.hub.next_event(queue, timeout_s=min(remaining, RECORD_POLL_INTERVAL_S))
-            if event is None or is_terminal(event):
-                # A quiet spell or a claimed end: the record is the truth (events may also be lost in a reconnect).
-                record = await current_record(row, state=state)
-                if record is not None:
-                    yield record
-                    return
-                event = None
+        async for event in follow_job(
+            queue,
+            read_record=lambda: current_record(row, state=state),
+            timeout_s=timeout_s,
+            allow_terminal_events=False,  # the record is the truth (events may also be lost in a reconnect)
+        ):
             yield event
 
 
@@ -235,6 +229,6 @@ async def cancel_job(row: JobRow, *, owner: Account, state: BridgeState) -> None
         BridgeError: `conflict` when the job already ended; `unavailable` when no worker listens.
     """
     if await state.client.read_record(row.job_id) is not None:
-        raise BridgeError(CONFLICT, "the job has already finished")
+        raise BridgeError(BridgeCode.CONFLICT, "the job has already finished")
     if not await state.client.cancel(row.job_id, subject=owner.user_id, reason="cancelled through the bridge"):
-        raise BridgeError(UNAVAILABLE, "no worker is listening for cancel commands")
+        raise BridgeError(BridgeCode.UNAVAILABLE, "no worker is listening for cancel commands")

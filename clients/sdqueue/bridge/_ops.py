@@ -6,17 +6,18 @@ import asyncio
 import time
 from typing import Annotated
 
-from botocore.exceptions import BotoCoreError
-from botocore.exceptions import ClientError as BotoClientError
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sdqueue.bridge._errors import UNAVAILABLE, ErrorBody, error_response
+from sdqueue import storage
+from sdqueue.bridge._errors import ErrorBody, error_response
 from sdqueue.bridge._models import Health
 from sdqueue.bridge._state import BridgeState, Metrics, get_state
+from sdqueue.contracts import BridgeCode
+from sdqueue.contracts.errors import StorageError
 
 State = Annotated[BridgeState, Depends(get_state)]
 router = APIRouter(tags=["operations"])
@@ -38,7 +39,7 @@ async def readyz(state: State) -> Health | Response:
     }
     if not all(checks.values()):
         down = ", ".join(name for name, is_up in checks.items() if not is_up)
-        return error_response(UNAVAILABLE, f"not ready: {down} unreachable")
+        return error_response(BridgeCode.UNAVAILABLE, f"not ready: {down} unreachable")
     return Health(status="ok", checks=checks)
 
 
@@ -54,8 +55,8 @@ async def _database_ready(state: BridgeState) -> bool:
 async def _storage_ready(state: BridgeState) -> bool:
     try:
         async with asyncio.timeout(state.settings.bridge.readiness_timeout_s):
-            await asyncio.to_thread(state.s3.head_bucket, Bucket=state.settings.s3.bucket)
-    except (TimeoutError, BotoCoreError, BotoClientError):
+            await storage.check_bucket(state.s3, bucket=state.settings.s3.bucket)
+    except (TimeoutError, StorageError):
         return False
     return True
 

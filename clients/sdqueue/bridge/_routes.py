@@ -14,7 +14,7 @@ from starlette.background import BackgroundTask
 from sdqueue.bridge._accounts import Account, Throttled, WrongCredentials
 from sdqueue.bridge._auth import CurrentUser, issue_access_token
 from sdqueue.bridge._bodies import form_body, json_body, read_form, read_json
-from sdqueue.bridge._errors import CONFLICT, NOT_FOUND, TOO_MANY_REQUESTS, BridgeError, error_responses
+from sdqueue.bridge._errors import error_responses
 from sdqueue.bridge._jobs import (
     build_request,
     cancel_job,
@@ -43,7 +43,8 @@ from sdqueue.bridge._state import BridgeState, get_state
 from sdqueue.bridge._streams import StreamSlot
 from sdqueue.bridge._uploads import image_extension
 from sdqueue.client import new_job_id
-from sdqueue.contracts import ErrorCode, InitImageKey, JobEvent
+from sdqueue.contracts import BridgeCode, ErrorCode, InitImageKey, JobEvent
+from sdqueue.contracts.errors import BridgeError
 from sdqueue.contracts.topology import input_key
 
 State = Annotated[BridgeState, Depends(get_state)]
@@ -61,7 +62,9 @@ async def token(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
     try:
         account = await state.accounts.sign_in(form.username, form.password, address=client_address(request))
     except Throttled as exc:
-        raise BridgeError(TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
+        raise BridgeError(
+            BridgeCode.TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        ) from exc
     except WrongCredentials as exc:
         raise BridgeError(
             ErrorCode.UNAUTHENTICATED, "wrong user name or password", headers={"WWW-Authenticate": "Bearer"}
@@ -138,7 +141,7 @@ async def submit_with_image(
 
     Raises:
         BridgeError: the request, the image or its routing is refused.
-        ClientError: the bucket or the broker failed.
+        SdqueueError: the bucket or the broker failed.
     """
     extension = await image_extension(image, max_pixels=state.settings.limits.max_init_image_pixels)
     reference = InitImageKey(key=input_key(job_id, extension))
@@ -248,10 +251,12 @@ async def image_redirect(
     """Redirect to one generated image's URL, signed now from the record's key (or the public base URL)."""
     record = await current_record(await owned_job(job_id, owner=user, state=state), state=state)
     if record is None or record.type != "succeeded":
-        raise BridgeError(CONFLICT, f"the job has no images ({'unfinished' if record is None else record.type})")
+        raise BridgeError(
+            BridgeCode.CONFLICT, f"the job has no images ({'unfinished' if record is None else record.type})"
+        )
     images = {image.index: image for image in record.images}
     if index not in images:
-        raise BridgeError(NOT_FOUND, "no image with that index")
+        raise BridgeError(BridgeCode.NOT_FOUND, "no image with that index")
     return RedirectResponse(images[index].url, status_code=307)
 
 

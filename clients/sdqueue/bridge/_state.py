@@ -18,14 +18,15 @@ from sdqueue.bridge._db import Database, DatabaseUnavailable, SchemaMismatch, da
 from sdqueue.bridge._hub import HUB_QUEUE_PREFIX, EventHub
 from sdqueue.bridge._jobstore import JobStore
 from sdqueue.bridge._streams import StreamSlots
-from sdqueue.client import ClientError, SdqueueClient
-from sdqueue.config import Settings, make_s3_client
+from sdqueue.client import SdqueueClient, UsageError
+from sdqueue.config import Settings
+from sdqueue.storage import make_s3_client
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
 
-class BridgeConfigError(ClientError):
+class BridgeConfigError(UsageError):
     """The settings lack what the bridge needs to start."""
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from sdqueue.bridge._errors import TOO_MANY_REQUESTS, BridgeError
+from sdqueue.contracts import BridgeCode
+from sdqueue.contracts.errors import BridgeError
 
 
 class StreamSlots:
@@ -22,7 +23,7 @@ class StreamSlots:
         """
         if self._open[user_id] >= self._per_user:
             raise BridgeError(
-                TOO_MANY_REQUESTS,
+                BridgeCode.TOO_MANY_REQUESTS,
                 f"at most {self._per_user} event streams and waits at once",
                 headers={"Retry-After": "1"},
             )

@@ -9,8 +9,8 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
-from sdqueue.bridge._errors import BridgeError
 from sdqueue.contracts import ErrorCode
+from sdqueue.contracts.errors import BridgeError
 
 READ_CHUNK_BYTES = 256 * 1024
 EXTENSIONS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}

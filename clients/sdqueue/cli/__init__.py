@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from sdqueue.cli import bridge, contract, fleet, generate, services, tokens, users
 from sdqueue.cli._output import print_error
-from sdqueue.client import ClientError
+from sdqueue.contracts.errors import SdqueueError
 
 # Each group registers its own subcommands, in the order `sdqueue --help` lists them.
 COMMAND_GROUPS = (generate, tokens, services, fleet, contract, bridge, users)
@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except ClientError as exc:
+    except SdqueueError as exc:
         return print_error(str(exc))
 
 

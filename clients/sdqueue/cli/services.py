@@ -10,8 +10,8 @@ import asyncio
 from pathlib import Path
 
 from sdqueue.cli._output import print_error
-from sdqueue.client.storage import ensure_bucket
-from sdqueue.config import load_settings, make_s3_client
+from sdqueue.config import load_settings
+from sdqueue.storage import ensure_bucket, make_s3_client
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

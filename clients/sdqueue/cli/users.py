@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sdqueue.cli._output import print_error
-from sdqueue.client import ClientError
+from sdqueue.client import UsageError
 from sdqueue.config import load_settings
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def _new_password(args: argparse.Namespace) -> str:
         return sys.stdin.readline().rstrip("\n")
     password = getpass.getpass("password: ")
     if password != getpass.getpass("again: "):
-        raise ClientError("the passwords differ")
+        raise UsageError("the passwords differ")
     return password
 
 
@@ -118,7 +118,7 @@ def _read_user_store(path: Path) -> list[tuple[str, str, datetime]]:
             (str(name), str(entry["hash"]), datetime.fromisoformat(entry["created"])) for name, entry in users.items()
         ]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ClientError(f"{path} is not a JSON user store ({type(exc).__name__}: {exc})") from exc
+        raise UsageError(f"{path} is not a JSON user store ({type(exc).__name__}: {exc})") from exc
     # The store wrote UTC offsets; a bare time is taken as UTC.
     return sorted(
         (name, password_hash, created.replace(tzinfo=created.tzinfo or UTC)) for name, password_hash, created in stored

@@ -1,7 +1,12 @@
 """The light sdqueue client: publish signed requests, await completion events, fetch images. No torch here."""
 
 from sdqueue.client.client import SdqueueClient, sent_by_worker
-from sdqueue.client.errors import (
+from sdqueue.client.files import describe_saved_images, save_images
+from sdqueue.client.jobs import new_job_id, request_body, request_message
+from sdqueue.client.sync import SyncClient
+from sdqueue.client.tokens import bearer, mint_token
+from sdqueue.client.webhooks import verify_webhook
+from sdqueue.contracts.errors import (
     BrokerUnavailable,
     ClientError,
     InvalidWebhook,
@@ -9,13 +14,9 @@ from sdqueue.client.errors import (
     RequestRefused,
     StorageUnavailable,
     UnroutableRequest,
+    UsageError,
     WaitTimeout,
 )
-from sdqueue.client.files import describe_saved_images, save_images
-from sdqueue.client.jobs import new_job_id, request_body, request_message
-from sdqueue.client.sync import SyncClient
-from sdqueue.client.tokens import bearer, mint_token
-from sdqueue.client.webhooks import verify_webhook
 
 __all__ = [
     "BrokerUnavailable",
@@ -27,6 +28,7 @@ __all__ = [
     "StorageUnavailable",
     "SyncClient",
     "UnroutableRequest",
+    "UsageError",
     "WaitTimeout",
     "bearer",
     "describe_saved_images",

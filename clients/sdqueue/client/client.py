@@ -23,19 +23,12 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, ChannelNotFoundEntity, DeliveryError, PublishError
 from pydantic import ValidationError
 
+from sdqueue import broker
 from sdqueue.client import storage
-from sdqueue.client.errors import (
-    BrokerUnavailable,
-    ClientError,
-    JobFailed,
-    RequestRefused,
-    StorageUnavailable,
-    UnroutableRequest,
-    WaitTimeout,
-)
+from sdqueue.client.follow import follow_job
 from sdqueue.client.jobs import request_body, request_message
 from sdqueue.client.tokens import bearer, mint_token
-from sdqueue.config import BrokerSettings, Settings, make_s3_client
+from sdqueue.config import BrokerSettings, Settings
 from sdqueue.contracts import (
     HEARTBEAT_PATTERN,
     SCOPE_CANCEL,
@@ -49,8 +42,18 @@ from sdqueue.contracts import (
     SucceededEvent,
     TerminalEvent,
     WorkerHeartbeat,
+    is_terminal,
     parse_event,
     utc_now,
+)
+from sdqueue.contracts.errors import (
+    BrokerUnavailable,
+    JobFailed,
+    RequestRefused,
+    StorageError,
+    UnroutableRequest,
+    UsageError,
+    WaitTimeout,
 )
 from sdqueue.contracts.topology import (
     AUTHORIZATION_HEADER,
@@ -61,6 +64,7 @@ from sdqueue.contracts.topology import (
     job_events_pattern,
     requests_queue,
 )
+from sdqueue.storage import make_s3_client
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -70,7 +74,6 @@ log = logging.getLogger(__name__)
 NO_ROUTE = 312
 REPLY_QUEUE_PREFIX = "sdqueue.client."
 T = TypeVar("T")
-RECORD_POLL_INTERVAL_S = 5.0
 
 
 class SdqueueClient:
@@ -105,27 +108,26 @@ class SdqueueClient:
         Raises:
             BrokerUnavailable: the broker could not be reached in time.
         """
-        broker = self._settings.broker
         try:
-            async with asyncio.timeout(broker.connect_timeout_s):
-                self._connection = await aio_pika.connect_robust(
-                    broker.url.get_secret_value(), heartbeat=broker.heartbeat_s
-                )
-                self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-                for name in (REQUESTS_EXCHANGE, CONTROL_EXCHANGE):
-                    # Before any worker has declared it, a publish would make the broker close the channel.
-                    exchange_type = aio_pika.ExchangeType(EXCHANGE_TYPES[name])
-                    await self._channel.declare_exchange(name, exchange_type, durable=True)
-                # A client-chosen name (not a server-named amq.gen-*) can be re-declared after a reconnect, so
-                # reply_to addresses of requests already in flight stay valid across a broker restart.
-                self._replies = await self._channel.declare_queue(
-                    f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}", exclusive=True, auto_delete=True
-                )
-                await self._replies.consume(self._on_event, no_ack=True)
-                self._connection.reconnect_callbacks.add(self._on_reconnect)
-        except (AMQPError, OSError, TimeoutError) as exc:
+            self._connection = await broker.connect(self._settings.broker, prepare=self._listen)
+        except BrokerUnavailable:
             await self.close()
-            raise BrokerUnavailable("could not connect to the broker") from exc
+            raise
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+
+    async def _listen(self, connection: AbstractRobustConnection) -> None:
+        """Open the publishing channel, make sure the exchanges exist, and consume a private reply queue."""
+        self._channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        for name in (REQUESTS_EXCHANGE, CONTROL_EXCHANGE):
+            # Before any worker has declared it, a publish would make the broker close the channel.
+            exchange_type = aio_pika.ExchangeType(EXCHANGE_TYPES[name])
+            await self._channel.declare_exchange(name, exchange_type, durable=True)
+        # A client-chosen name (not a server-named amq.gen-*) can be re-declared after a reconnect, so
+        # reply_to addresses of requests already in flight stay valid across a broker restart.
+        self._replies = await self._channel.declare_queue(
+            f"{REPLY_QUEUE_PREFIX}{uuid.uuid4().hex}", exclusive=True, auto_delete=True
+        )
+        await self._replies.consume(self._on_event, no_ack=True)
 
     async def close(self) -> None:
         """Close the broker connection and the HTTP client."""
@@ -210,21 +212,27 @@ class SdqueueClient:
         return True
 
     async def events(self, job_id: str, *, timeout_s: float = 600.0) -> AsyncIterator[JobEvent]:
-        """Yield the job's events as they arrive, ending with its terminal event.
+        """Yield the job's events as they arrive, ending with its terminal event (from the broker or the bucket).
 
         Raises:
             WaitTimeout: no terminal event within `timeout_s`.
         """
         queue = await self._watch(job_id)
-        deadline = time.monotonic() + timeout_s
+        last: JobEvent | None = None
         try:
-            while True:
-                event = await self._next_event(job_id, queue, deadline=deadline)
-                yield event
-                if isinstance(event, SucceededEvent | FailedEvent | CancelledEvent):
-                    return
+            async for event in follow_job(
+                queue,
+                read_record=lambda: self._record_if_reachable(job_id),
+                timeout_s=timeout_s,
+                allow_terminal_events=True,  # `_on_event` takes only what a worker's broker user sent
+            ):
+                if event is not None:
+                    last = event
+                    yield event
         finally:
             await self._unwatch(job_id)
+        if last is None or not is_terminal(last):
+            raise WaitTimeout(f"job {job_id} did not finish in time")
 
     async def wait(self, job_id: str, *, timeout_s: float = 600.0) -> TerminalEvent:
         """Return the job's terminal event (from the broker, or its record in the bucket).
@@ -351,23 +359,11 @@ class SdqueueClient:
             events = await self._exchange(EVENTS_EXCHANGE)
             await self._reply_queue().unbind(events, routing_key=job_events_pattern(job_id))
 
-    async def _next_event(self, job_id: str, queue: asyncio.Queue[JobEvent], *, deadline: float) -> JobEvent:
-        """The next event from the broker; every few seconds also look for the record in case events were lost."""
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                async with asyncio.timeout(min(remaining, RECORD_POLL_INTERVAL_S)):
-                    return await queue.get()
-            except TimeoutError:
-                record = await self._record_if_reachable(job_id)
-                if record is not None:
-                    return record
-        raise WaitTimeout(f"job {job_id} did not finish in time")
-
     async def _record_if_reachable(self, job_id: str) -> TerminalEvent | None:
         """The record, or None while it is missing or the bucket is unreachable (waiting goes on either way)."""
         try:
             return await self.read_record(job_id)
-        except StorageUnavailable as exc:
+        except StorageError as exc:
             log.debug("job %s: record not readable yet: %s", job_id, exc)
             return None
 
@@ -415,5 +411,5 @@ def sent_by_worker(message: AbstractIncomingMessage, *, broker: BrokerSettings) 
 
 def _require(value: T | None) -> T:
     if value is None:
-        raise ClientError("the client is not connected; use `async with SdqueueClient(settings)`")
+        raise UsageError("the client is not connected; use `async with SdqueueClient(settings)`")
     return value

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from typing import TYPE_CHECKING
 
 import httpx
-from botocore.exceptions import BotoCoreError
-from botocore.exceptions import ClientError as BotoClientError
 from pydantic import ValidationError
 
-from sdqueue.client.errors import StorageUnavailable
+from sdqueue import storage
 from sdqueue.config import S3Settings
 from sdqueue.contracts import ImageInfo, InitImageKey, TerminalEvent, parse_terminal_event
+from sdqueue.contracts.errors import StorageError, StorageUnavailable
 from sdqueue.contracts.topology import input_key, record_key
 
 if TYPE_CHECKING:
@@ -23,7 +21,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_RECORD_BYTES = 1024 * 1024
-NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 INIT_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
 
 
@@ -33,23 +30,20 @@ async def upload_init_image(
     """Put an img2img init image at `inputs/<job_id>/init.<ext>` and return the reference a request carries.
 
     Raises:
-        StorageUnavailable: the upload failed.
+        StorageError: the upload failed.
     """
     key = input_key(job_id, extension)
     content_type = INIT_CONTENT_TYPES.get(extension, "application/octet-stream")
-    try:
-        await asyncio.to_thread(client.put_object, Bucket=s3.bucket, Key=key, Body=data, ContentType=content_type)
-    except (BotoCoreError, BotoClientError) as exc:
-        raise StorageUnavailable("could not upload the init image") from exc
+    await storage.put_object(client, bucket=s3.bucket, key=key, data=data, content_type=content_type)
     return InitImageKey(key=key)
 
 
 async def delete_init_image(client: S3Client, *, s3: S3Settings, reference: InitImageKey) -> None:
     """Remove an init image whose job was never queued; a failure is logged, not raised (it is only litter)."""
     try:
-        await asyncio.to_thread(client.delete_object, Bucket=s3.bucket, Key=reference.key)
-    except (BotoCoreError, BotoClientError):
-        log.warning("could not remove the init image %s of a job that was not queued", reference.key)
+        await storage.delete_object(client, bucket=s3.bucket, key=reference.key)
+    except StorageError as exc:
+        log.warning("could not remove the init image %s of a job that was not queued: %s", reference.key, exc.message)
 
 
 async def read_record(client: S3Client, *, s3: S3Settings, job_id: str) -> TerminalEvent | None:
@@ -58,18 +52,10 @@ async def read_record(client: S3Client, *, s3: S3Settings, job_id: str) -> Termi
     A record that is too large, not a terminal event or about another job is ignored, as if absent (logged).
 
     Raises:
-        StorageUnavailable: the bucket could not be read.
+        StorageError: the bucket could not be read.
     """
-    try:
-        response = await asyncio.to_thread(client.get_object, Bucket=s3.bucket, Key=record_key(job_id))
-        body = await asyncio.to_thread(response["Body"].read, MAX_RECORD_BYTES + 1)
-    except BotoClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
-            return None
-        raise StorageUnavailable("could not read the job's record") from exc
-    except BotoCoreError as exc:
-        raise StorageUnavailable("could not read the job's record") from exc
-    return _valid_record(body, job_id=job_id)
+    stored = await storage.read_object(client, bucket=s3.bucket, key=record_key(job_id), max_bytes=MAX_RECORD_BYTES)
+    return None if stored is None else _valid_record(stored.data, job_id=job_id)
 
 
 def _valid_record(body: bytes, *, job_id: str) -> TerminalEvent | None:
@@ -97,28 +83,3 @@ async def fetch_image(http: httpx.AsyncClient, image: ImageInfo) -> bytes:
     if hashlib.sha256(response.content).hexdigest() != image.sha256:
         raise StorageUnavailable(f"downloaded {image.key} does not match its sha256")
     return response.content
-
-
-async def ensure_bucket(client: S3Client, *, s3: S3Settings) -> bool:
-    """Create the configured bucket unless it exists; True if it was created (for deployments and compose).
-
-    Raises:
-        StorageUnavailable: the bucket could not be checked or created.
-    """
-    try:
-        await asyncio.to_thread(client.head_bucket, Bucket=s3.bucket)
-        return False
-    except BotoClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in NOT_FOUND_CODES | {"NoSuchBucket"}:
-            raise StorageUnavailable("could not check the bucket") from exc
-    except BotoCoreError as exc:
-        raise StorageUnavailable("could not check the bucket") from exc
-    try:
-        if s3.region == "us-east-1":
-            await asyncio.to_thread(client.create_bucket, Bucket=s3.bucket)
-        else:
-            location = {"LocationConstraint": s3.region}
-            await asyncio.to_thread(client.create_bucket, Bucket=s3.bucket, CreateBucketConfiguration=location)  # type: ignore[arg-type]
-    except (BotoCoreError, BotoClientError) as exc:
-        raise StorageUnavailable("could not create the bucket") from exc
-    return True

@@ -6,9 +6,9 @@ import time
 
 import jwt
 
-from sdqueue.client.errors import ClientError
 from sdqueue.config import AuthSettings
 from sdqueue.contracts import QUOTA_CLAIM, SCOPE_GENERATE, Quota, body_sha256
+from sdqueue.contracts.errors import UsageError
 from sdqueue.contracts.tokens import BEARER_PREFIX
 
 
@@ -29,10 +29,10 @@ def mint_token(
     worker's caps for this caller and sets its priority.
 
     Raises:
-        ClientError: no HS256 secret is configured (asymmetric keys are signed by the caller's own issuer).
+        UsageError: no HS256 secret is configured (asymmetric keys are signed by the caller's own issuer).
     """
     if auth.hs256_secret is None:
-        raise ClientError("set SDQUEUE_AUTH__HS256_SECRET to mint tokens, or pass a token signed by your issuer")
+        raise UsageError("set SDQUEUE_AUTH__HS256_SECRET to mint tokens, or pass a token signed by your issuer")
     issued_at = int(time.time() if now is None else now)
     claims = {
         "iss": auth.issuers[0],

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from sdqueue.client.errors import InvalidWebhook
 from sdqueue.contracts import TerminalEvent, parse_terminal_event
+from sdqueue.contracts.errors import InvalidWebhook
 from sdqueue.contracts.webhooks import (
     DEFAULT_TOLERANCE_S,
     SIGNATURE_HEADER,

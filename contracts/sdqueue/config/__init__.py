@@ -1,6 +1,5 @@
 """Configuration for every sdqueue process: one pydantic-settings object, read once from `SDQUEUE_*`."""
 
-from sdqueue.config.s3 import make_s3_client, object_url
 from sdqueue.config.settings import (
     AuthSettings,
     BatchSettings,
@@ -36,7 +35,5 @@ __all__ = [
     "WebhookSettings",
     "child_environment",
     "load_settings",
-    "make_s3_client",
-    "object_url",
     "to_environment",
 ]

@@ -13,6 +13,7 @@ from typing import Annotated, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -44,6 +45,26 @@ PLACEHOLDER_MARKER = "change-me"
 Algorithm = Literal["HS256", "HS384", "HS512", "EdDSA", "ES256", "RS256"]
 # A webhook allow-list entry: a DNS name (IDNA ASCII form) or IPv4 address, or a bracketed IPv6 one; optional port.
 _HOST_ENTRY = re.compile(r"(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::\d{1,5})?")
+
+
+def _not_placeholder(value: SecretStr) -> SecretStr:
+    """Refuse the example values of docker/env.example: they are public, whatever their length."""
+    if PLACEHOLDER_MARKER in value.get_secret_value().lower():
+        raise ValueError(f"is still a placeholder ({PLACEHOLDER_MARKER}…): set a random secret")
+    return value
+
+
+def _signing_key(value: SecretStr) -> SecretStr:
+    """Refuse an HMAC key too short to resist guessing, or a placeholder."""
+    if len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
+    return _not_placeholder(value)
+
+
+# A secret someone else issued (an S3 secret key): whatever its length, never a placeholder.
+Secret = Annotated[SecretStr, AfterValidator(_not_placeholder)]
+# A secret sdqueue signs or verifies with (HS256 tokens, webhooks): at least 32 bytes, never a placeholder.
+SigningSecret = Annotated[SecretStr, AfterValidator(_signing_key)]
 
 
 class _Group(BaseModel):
@@ -83,7 +104,8 @@ class BrokerSettings(_Group):
     @classmethod
     def _password_set(cls, value: SecretStr) -> SecretStr:
         password = urlsplit(value.get_secret_value()).password
-        _check_not_placeholder(SecretStr(unquote(password)) if password else None)
+        if password:
+            _not_placeholder(SecretStr(unquote(password)))
         return value
 
     @property
@@ -99,7 +121,7 @@ class S3Settings(_Group):
     region: str = Field(default="us-east-1", description="Signing region.")
     bucket: str = Field(default="sdqueue", description="Bucket name.")
     access_key_id: str | None = Field(default=None, description="Access key; unset uses boto3's default chain.")
-    secret_access_key: SecretStr | None = Field(default=None, description="Secret key paired with the access key.")
+    secret_access_key: Secret | None = Field(default=None, description="Secret key paired with the access key.")
     url_ttl_s: PositiveInt = Field(default=3600, description="Lifetime of presigned image URLs in events.")
     public_base_url: str | None = Field(
         default=None, description="If set, image URLs are this base plus the key instead of presigned URLs."
@@ -111,35 +133,12 @@ class S3Settings(_Group):
         description="How long a job waits out a storage outage in place before it is requeued (burning a delivery).",
     )
 
-    @field_validator("secret_access_key")
-    @classmethod
-    def _secret_set(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_not_placeholder(value)
-
-
-def _check_secret_length(value: SecretStr | None) -> SecretStr | None:
-    if value is not None and len(value.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
-        raise ValueError(f"must be at least {MIN_HMAC_SECRET_BYTES} bytes")
-    return _check_not_placeholder(value)
-
-
-def _check_not_placeholder(value: SecretStr | None) -> SecretStr | None:
-    """Refuse the example values of docker/env.example: they are public, whatever their length."""
-    if value is not None and PLACEHOLDER_MARKER in value.get_secret_value().lower():
-        raise ValueError(f"is still a placeholder ({PLACEHOLDER_MARKER}…): set a random secret")
-    return value
-
 
 class IssuerKeys(_Group):
     """The keys of one issuer: they verify that issuer's tokens and no other's."""
 
-    hs256_secret: SecretStr | None = Field(default=None, description="The issuer's HMAC secret, at least 32 bytes.")
+    hs256_secret: SigningSecret | None = Field(default=None, description="The issuer's HMAC secret, at least 32 bytes.")
     jwks_file: Path | None = Field(default=None, description="JWKS file with the issuer's public keys, by `kid`.")
-
-    @field_validator("hs256_secret")
-    @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_secret_length(value)
 
 
 class AuthSettings(_Group):
@@ -153,7 +152,7 @@ class AuthSettings(_Group):
     )
     audience: str = Field(default=AUDIENCE, description="Required `aud`.")
     algorithms: tuple[Algorithm, ...] = Field(default=("HS256",), min_length=1, description="Allow-listed algorithms.")
-    hs256_secret: SecretStr | None = Field(
+    hs256_secret: SigningSecret | None = Field(
         default=None, description="HMAC secret of the default issuer, at least 32 bytes."
     )
     jwks_file: Path | None = Field(
@@ -168,11 +167,6 @@ class AuthSettings(_Group):
         default=30.0, description="Clock skew allowed on `exp`, `nbf` and `iat`, at most 300 s."
     )
     token_ttl_s: PositiveInt = Field(default=3600, description="`exp` of tokens minted by the CLI: how long to wait.")
-
-    @field_validator("hs256_secret")
-    @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_secret_length(value)
 
     @model_validator(mode="after")
     def _keys_per_issuer(self) -> Self:
@@ -313,7 +307,7 @@ class BridgeSettings(_Group):
         description="At shutdown, how long open requests and event streams may take before they are cut "
         "(uvicorn's `timeout_graceful_shutdown`).",
     )
-    token_secret: SecretStr | None = Field(
+    token_secret: SigningSecret | None = Field(
         default=None,
         description="HMAC secret (at least 32 bytes) that signs bridge access tokens; not `auth.hs256_secret`.",
     )
@@ -387,20 +381,15 @@ class BridgeSettings(_Group):
         "and status; server errors are logged either way.",
     )
 
-    @field_validator("token_secret")
-    @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_secret_length(value)
-
 
 class WebhookSettings(_Group):
     """Signed completion webhooks: which `callback_url` hosts are allowed, and how the relay delivers and retries."""
 
-    secret: SecretStr | None = Field(
+    secret: SigningSecret | None = Field(
         default=None,
         description="HMAC-SHA256 key (at least 32 bytes) that signs every webhook; receivers verify with it.",
     )
-    issuer_secrets: dict[str, SecretStr] = Field(
+    issuer_secrets: dict[str, SigningSecret] = Field(
         default_factory=dict,
         description="Signing secret (at least 32 bytes) per issuer, as JSON: webhooks of a job whose owner's `iss` is "
         "listed are signed with that issuer's secret, so one receiver cannot forge webhooks to another issuer's; "
@@ -432,18 +421,6 @@ class WebhookSettings(_Group):
     prefetch: Annotated[int, Field(ge=1, le=1000)] = Field(
         default=64, description="Webhooks one relay delivers (and retries) at once."
     )
-
-    @field_validator("secret")
-    @classmethod
-    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_secret_length(value)
-
-    @field_validator("issuer_secrets")
-    @classmethod
-    def _issuer_secrets_long_enough(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for secret in value.values():
-            _check_secret_length(secret)
-        return value
 
     @field_validator("allowed_hosts")
     @classmethod

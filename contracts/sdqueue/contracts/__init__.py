@@ -1,7 +1,7 @@
 """The sdqueue wire contract: request, events, error codes, names. Shared by the worker and every client."""
 
 from sdqueue.contracts.control import CancelCommand
-from sdqueue.contracts.errors import ErrorCode, ErrorInfo
+from sdqueue.contracts.errors import BridgeCode, ErrorCode, ErrorInfo
 from sdqueue.contracts.events import (
     CONTENT_TYPES,
     CancelledEvent,
@@ -43,6 +43,7 @@ __all__ = [
     "SCOPE_ADMIN",
     "SCOPE_CANCEL",
     "SCOPE_GENERATE",
+    "BridgeCode",
     "CancelCommand",
     "CancelledEvent",
     "ErrorCode",

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
-from sdqueue.config.s3 import make_s3_client
 from sdqueue.config.settings import S3Settings, Settings
 from sdqueue.devstack.rabbit import DevstackError
+from sdqueue.storage import make_s3_client
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client

@@ -1,6 +1,6 @@
 """The bucket behind the job path: claims and result records under `jobs/`, images under `inputs/` and `outputs/`.
 
-Every operation waits out a storage outage of up to `outage_budget_s` in place (`store.durable`), so a short
+Every operation waits out a storage outage of up to `outage_budget_s` in place (`storage.durable`), so a short
 outage burns no delivery; past it the `StorageError` reaches the job path, which retries the job later.
 """
 
@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote, unquote
 
+from sdqueue import storage
 from sdqueue.config import S3Settings
 from sdqueue.contracts import TerminalEvent, parse_terminal_event
 from sdqueue.contracts.topology import claim_key, record_key
-from sdqueue.worker import store
 from sdqueue.worker.ports import StoredRecord
 from sdqueue.worker.verify import Caller
 
@@ -74,13 +74,13 @@ class BucketRecords:
         data = event.model_dump_json().encode()
         return await self._durable(job_id, lambda: self._put_if_absent(record_key(job_id), data, metadata=metadata))
 
-    async def _read(self, job_id: str, key: str, *, max_bytes: int) -> store.StoredBytes | None:
+    async def _read(self, job_id: str, key: str, *, max_bytes: int) -> storage.StoredBytes | None:
         return await self._durable(
-            job_id, lambda: store.read_object(self._client, bucket=self._s3.bucket, key=key, max_bytes=max_bytes)
+            job_id, lambda: storage.read_object(self._client, bucket=self._s3.bucket, key=key, max_bytes=max_bytes)
         )
 
     async def _put_if_absent(self, key: str, data: bytes, *, metadata: dict[str, str]) -> bool:
-        return await store.put_object_if_absent(
+        return await storage.put_object_if_absent(
             self._client,
             bucket=self._s3.bucket,
             key=key,
@@ -90,7 +90,7 @@ class BucketRecords:
         )
 
     async def _durable(self, job_id: str, operation: Callable[[], Awaitable[T]]) -> T:
-        return await store.durable(operation, job_id=job_id, budget_s=self._s3.outage_budget_s)
+        return await storage.durable(operation, job_id=job_id, budget_s=self._s3.outage_budget_s)
 
 
 class BucketObjects:
@@ -106,8 +106,8 @@ class BucketObjects:
             StorageRefused: the bucket refused this key (the key's fault: retrying cannot help).
             StorageError: the bucket stayed unreachable for the outage budget.
         """
-        stored = await store.durable(
-            lambda: store.read_object(self._client, bucket=self._s3.bucket, key=key, max_bytes=max_bytes),
+        stored = await storage.durable(
+            lambda: storage.read_object(self._client, bucket=self._s3.bucket, key=key, max_bytes=max_bytes),
             job_id=key,
             budget_s=self._s3.outage_budget_s,
         )
@@ -115,8 +115,8 @@ class BucketObjects:
 
     async def write(self, key: str, data: bytes, *, content_type: str) -> None:
         """Store `data` under `key`, replacing what is there."""
-        await store.durable(
-            lambda: store.put_object(
+        await storage.durable(
+            lambda: storage.put_object(
                 self._client, bucket=self._s3.bucket, key=key, data=data, content_type=content_type
             ),
             job_id=key,
@@ -125,4 +125,4 @@ class BucketObjects:
 
     def url(self, key: str) -> str:
         """The public URL of `key` when a base URL is configured, else a presigned GET URL."""
-        return store.object_url(self._client, s3=self._s3, key=key)
+        return storage.object_url(self._client, s3=self._s3, key=key)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from sdqueue.worker.errors import JobIdTaken
+from sdqueue.contracts.errors import JobIdTaken
 from sdqueue.worker.ports import RecordStore
 from sdqueue.worker.verify import Caller
 

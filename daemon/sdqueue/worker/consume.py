@@ -1,8 +1,7 @@
-"""Connect to RabbitMQ, declare the contract's topology, and turn incoming messages into `Delivery` values."""
+"""Declare the contract's topology on RabbitMQ and turn incoming messages into `Delivery` values."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -15,10 +14,8 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
 )
 
-from sdqueue.config import BrokerSettings
 from sdqueue.contracts import JOB_ID_PATTERN
 from sdqueue.contracts.topology import (
     AUTHORIZATION_HEADER,
@@ -97,14 +94,6 @@ class Topology:
 
     events: AbstractExchange
     requests: dict[str, AbstractQueue]
-
-
-async def connect(broker: BrokerSettings) -> AbstractRobustConnection:
-    """Open a robust connection that reconnects and restores its channels after a broker restart."""
-    async with asyncio.timeout(broker.connect_timeout_s):
-        return await aio_pika.connect_robust(
-            broker.url.get_secret_value(), heartbeat=broker.heartbeat_s, timeout=broker.connect_timeout_s
-        )
 
 
 async def declare_topology(channel: AbstractChannel, *, aliases: Iterable[str], delivery_limit: int) -> Topology:

@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from sdqueue.config import AuthSettings
 from sdqueue.contracts import SCOPE_ADMIN, SCOPE_CANCEL, CancelCommand
+from sdqueue.contracts.errors import SdqueueError
 from sdqueue.contracts.topology import AUTHORIZATION_HEADER, CONTROL_EXCHANGE
-from sdqueue.worker.errors import SdqueueError
 from sdqueue.worker.verify import Caller, VerificationKeys, verify_token
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from PIL import ExifTags, Image, PngImagePlugin
 
 from sdqueue.contracts import CONTENT_TYPES, OutputFormat
-from sdqueue.worker.errors import GenerationFailed
+from sdqueue.contracts.errors import GenerationFailed
 
 LOSSY_QUALITY = 90
 # EXIF UserComment with this 8-byte prefix holds UTF-16 text (the layout piexif and A1111 use).

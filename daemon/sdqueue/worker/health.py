@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sdqueue.worker import store
-from sdqueue.worker.errors import StorageError
+from sdqueue import storage
+from sdqueue.contracts.errors import StorageError
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -49,7 +49,7 @@ async def probe_storage(readiness: Readiness, *, client: S3Client, bucket: str) 
     """Refresh `readiness.is_storage_up` every few seconds until cancelled."""
     while True:
         try:
-            await store.check_bucket(client, bucket=bucket)
+            await storage.check_bucket(client, bucket=bucket)
         except StorageError as exc:
             if readiness.is_storage_up:
                 log.warning("storage is unavailable: %s", exc.message)

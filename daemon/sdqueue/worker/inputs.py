@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sdqueue.config import LimitSettings
 from sdqueue.contracts import JOB_ID_PATTERN
-from sdqueue.worker.errors import Forbidden, ImageTooLarge, InvalidImage
+from sdqueue.contracts.errors import Forbidden, ImageTooLarge, InvalidImage
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP")
 # One answer for every key the caller may not read, so it cannot learn which keys exist.

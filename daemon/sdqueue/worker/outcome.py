@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 
 from sdqueue.contracts import JobEvent, TerminalEvent
+from sdqueue.contracts.errors import JobIdTaken
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
-from sdqueue.worker.errors import JobIdTaken
 from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.ports import EventSink, RecordStore, WebhookQueue
 

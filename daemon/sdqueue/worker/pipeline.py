@@ -17,13 +17,7 @@ from PIL import Image
 
 from sdqueue.config import Settings
 from sdqueue.contracts import GenerationRequest, ImageInfo, InitImageData, ProgressEvent, SucceededEvent
-from sdqueue.contracts.topology import output_key
-from sdqueue.worker.claim import claim_job, is_held_by_another
-from sdqueue.worker.consume import Delivery
-from sdqueue.worker.context import JobContext
-from sdqueue.worker.control import JobRegistry
-from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
-from sdqueue.worker.errors import (
+from sdqueue.contracts.errors import (
     Cancelled,
     DeliveryLimitExceeded,
     Forbidden,
@@ -34,6 +28,12 @@ from sdqueue.worker.errors import (
     StorageRefused,
     Unattributed,
 )
+from sdqueue.contracts.topology import output_key
+from sdqueue.worker.claim import claim_job, is_held_by_another
+from sdqueue.worker.consume import Delivery
+from sdqueue.worker.context import JobContext
+from sdqueue.worker.control import JobRegistry
+from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
 from sdqueue.worker.fairness import batch_rank
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec
 from sdqueue.worker.inputs import INIT_KEY_FORBIDDEN, decode_inline_image, init_key_job, load_init_image

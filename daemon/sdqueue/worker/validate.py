@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from sdqueue.config import LimitSettings, ModelDefaults
 from sdqueue.config.limits import caller_limits, limit_violation
 from sdqueue.contracts import MAX_SEED, GenerationRequest, Quota
+from sdqueue.contracts.errors import Forbidden, InvalidRequest, LimitsExceeded, UnknownModel
 from sdqueue.contracts.quota import UNLIMITED
-from sdqueue.worker.errors import Forbidden, InvalidRequest, LimitsExceeded, UnknownModel
 
 MAX_REPORTED_ERRORS = 5
 

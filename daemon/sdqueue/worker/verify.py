@@ -20,9 +20,7 @@ from pydantic import ValidationError
 
 from sdqueue.config import AuthSettings, IssuerKeys
 from sdqueue.contracts import QUOTA_CLAIM, SCOPE_ADMIN, SCOPE_GENERATE, Quota, body_sha256
-from sdqueue.contracts.quota import UNLIMITED
-from sdqueue.contracts.tokens import BEARER_PREFIX, REQUIRED_CLAIMS
-from sdqueue.worker.errors import (
+from sdqueue.contracts.errors import (
     BodyMismatch,
     Forbidden,
     InvalidToken,
@@ -31,6 +29,8 @@ from sdqueue.worker.errors import (
     TokenExpired,
     UnverifiedToken,
 )
+from sdqueue.contracts.quota import UNLIMITED
+from sdqueue.contracts.tokens import BEARER_PREFIX, REQUIRED_CLAIMS
 
 GENERATE_SCOPES = frozenset({SCOPE_GENERATE, SCOPE_ADMIN})
 # The first pass checks the signature only; the claims are checked once the signer is known.

@@ -23,13 +23,15 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from sdqueue.config import RuntimeSettings, S3Settings, Settings, make_s3_client
-from sdqueue.worker import store
+from sdqueue import storage
+from sdqueue.broker import connect
+from sdqueue.config import RuntimeSettings, S3Settings, Settings
+from sdqueue.contracts.errors import StorageError
+from sdqueue.storage import make_s3_client
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.bucket import BucketObjects, BucketRecords
-from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_overflow, declare_topology
+from sdqueue.worker.consume import Delivery, consume_jobs, declare_overflow, declare_topology
 from sdqueue.worker.control import JobRegistry, apply_cancel, consume_control
-from sdqueue.worker.errors import StorageError
 from sdqueue.worker.fairness import FairIntake, take_in
 from sdqueue.worker.generate import (
     ImageGenerator,
@@ -160,7 +162,7 @@ async def wait_for_storage(client: S3Client, *, s3_settings: S3Settings) -> None
     deadline = time.monotonic() + s3_settings.outage_budget_s
     while True:
         try:
-            await store.check_bucket(client, bucket=s3_settings.bucket)
+            await storage.check_bucket(client, bucket=s3_settings.bucket)
         except StorageError as exc:
             if time.monotonic() >= deadline:
                 raise

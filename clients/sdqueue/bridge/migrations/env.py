@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
-from sdqueue.bridge._db import DEFAULT_TIMEOUT_S, Base, create_engine
+from sdqueue.bridge._db import DEFAULT_TIMEOUT_S, Base, run_in_transaction
 
 
 def run_on(connection: Connection) -> None:
@@ -15,16 +15,6 @@ def run_on(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
-
-
-async def run_on_url(url: str) -> None:
-    """Connect to `url` and migrate it."""
-    engine = create_engine(url, timeout_s=DEFAULT_TIMEOUT_S)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(run_on)
-    finally:
-        await engine.dispose()
 
 
 def main() -> None:
@@ -36,7 +26,7 @@ def main() -> None:
     url = context.config.get_main_option("sqlalchemy.url")
     if url is None:
         raise RuntimeError("set sqlalchemy.url, or migrate with `sdqueue bridge db upgrade`")
-    asyncio.run(run_on_url(url))
+    asyncio.run(run_in_transaction(url, run_on, timeout_s=DEFAULT_TIMEOUT_S))
 
 
 if context.is_offline_mode():

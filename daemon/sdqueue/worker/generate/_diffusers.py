@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdqueue.config.settings import RuntimeSettings
 from sdqueue.contracts import Mode
-from sdqueue.worker.errors import Cancelled, GenerationFailed, InvalidRequest, OutOfMemory
+from sdqueue.contracts.errors import Cancelled, GenerationFailed, InvalidRequest, OutOfMemory
 from sdqueue.worker.generate._invariant import make_batch_invariant
 from sdqueue.worker.generate._runtime import apply_threads, resolve_device, resolve_dtype
 from sdqueue.worker.generate._schedulers import compatible_names, make_scheduler

@@ -16,10 +16,10 @@ import httpx
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 
+from sdqueue.broker import connect
 from sdqueue.config import Settings, WebhookSettings
+from sdqueue.contracts.errors import Forbidden
 from sdqueue.contracts.topology import WEBHOOKS_QUEUE, webhook_queue_arguments
-from sdqueue.worker.consume import connect
-from sdqueue.worker.errors import Forbidden
 from sdqueue.worker.logs import current_job_id
 from sdqueue.worker.settle import settle
 from sdqueue.worker.webhooks._deliver import OnOutcome, WebhookOutcome, deliver_webhook

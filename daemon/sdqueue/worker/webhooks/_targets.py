@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import httpx
 
 from sdqueue.config import WebhookSettings
-from sdqueue.worker.errors import Forbidden
+from sdqueue.contracts.errors import Forbidden
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 

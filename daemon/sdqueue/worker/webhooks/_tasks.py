@@ -18,9 +18,9 @@ from pamqp.commands import Basic
 
 from sdqueue.config import WebhookSettings
 from sdqueue.contracts import TerminalEvent
+from sdqueue.contracts.errors import Forbidden
 from sdqueue.contracts.topology import CALLBACK_URL_HEADER, TASK_ISSUER_HEADER, TASK_SIGNATURE_HEADER, WEBHOOKS_QUEUE
 from sdqueue.contracts.webhooks import webhook_event_id
-from sdqueue.worker.errors import Forbidden
 from sdqueue.worker.publish import PublishFailed
 
 TASK_MESSAGE_TYPE = "webhook"
