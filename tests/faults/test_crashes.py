@@ -11,6 +11,7 @@ from PIL import Image
 from sdqueue.client import SdqueueClient
 from sdqueue.contracts import ErrorCode, FailedEvent, SucceededEvent
 from tests.e2e.requests import txt2img
+from tests.plugins.faulty_worker import CRASH_EXIT_CODE, EXIT_AFTER_UPLOAD, FAIL_PROMPT
 from tests.plugins.isolated import IsolatedStack, updated
 from tests.plugins.stack import BrokerProbe, EventLog
 
@@ -68,14 +69,15 @@ async def test_kill_9_mid_generation_with_a_second_worker(
 async def test_kill_between_upload_and_record_redelivers_without_new_objects(
     isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
-    # Test-only fault hook: the worker exits with os._exit (as kill -9 would) right after uploading.
-    crashing = isolated.start_worker("crashing", updated(isolated.settings, faults={"exit_after_upload": True}))
+    # The faulty worker exits with os._exit (as kill -9 would) right after uploading.
+    crashing = isolated.start_worker("crashing", faults={EXIT_AFTER_UPLOAD: "1"})
     await isolated_client.wait_for_workers("default", timeout_s=120)
     logs = await isolated_probe.watch_all()
     request = txt2img(num_images=2, seed=3)
     await isolated_client.submit(request)
 
-    assert crashing.process.wait(timeout=120) == 137
+    assert crashing.process.wait(timeout=120) == CRASH_EXIT_CODE, isolated.logs()
+    assert "test fault: exiting between upload and record" in crashing.log_tail()
     uploaded = isolated.output_keys(request.job_id)
     assert len(uploaded) == 2
     assert await isolated_client.read_record(request.job_id) is None
@@ -92,8 +94,8 @@ async def test_kill_between_upload_and_record_redelivers_without_new_objects(
 async def test_poison_request_is_dead_lettered_once_while_others_flow(
     isolated: IsolatedStack, isolated_client: SdqueueClient, isolated_probe: BrokerProbe
 ):
-    # Test-only model hook: generation raises an unexpected error for prompts with this marker.
-    isolated.start_worker("worker", updated(isolated.settings, faults={"fail_prompt_marker": "POISON"}))
+    # The faulty worker's generation raises an unexpected error for prompts with this marker.
+    worker = isolated.start_worker("worker", faults={FAIL_PROMPT: "POISON"})
     await isolated_client.wait_for_workers("default", timeout_s=120)
     logs = await isolated_probe.watch_all()
     poison = txt2img(prompt="POISON pill")
@@ -109,6 +111,7 @@ async def test_poison_request_is_dead_lettered_once_while_others_flow(
     assert failed.attempt == isolated.settings.broker.delivery_limit + 1
     assert len(logs[poison.job_id].of_type("failed")) == 1
     assert set(await isolated_probe.dead_letters()) == {poison.job_id}
+    assert "test fault: generation fails for this prompt" in worker.log_path.read_text()
 
 
 async def test_sigterm_lets_the_job_in_hand_finish_and_exits_0(

@@ -12,6 +12,7 @@ from sdqueue.config import Settings
 from sdqueue.contracts import ErrorCode, FailedEvent
 from sdqueue.contracts.topology import retry_queue
 from tests.e2e.requests import txt2img
+from tests.plugins.faulty_worker import FAIL_PROMPT
 from tests.plugins.isolated import IsolatedStack, queue_depth, updated
 from tests.plugins.stack import BrokerProbe
 
@@ -40,12 +41,12 @@ async def test_transient_failure_waits_in_the_retry_queue_and_ends_in_one_delive
 ):
     settings = updated(
         isolated.settings,
-        faults={"fail_prompt_marker": "POISON"},  # generation raises an unexpected (retryable) error
         # One prefetch slot and no fair intake: a job held during a backoff would block every other job.
         broker={"retry_backoff_s": BACKOFF_S, "max_retry_backoff_s": BACKOFF_S, "prefetch": 1},
         fairness={"enabled": False},
     )
-    isolated.start_worker("retrying", settings)
+    # The faulty worker's generation raises an unexpected (retryable) error for prompts with this marker.
+    worker = isolated.start_worker("retrying", settings, faults={FAIL_PROMPT: "POISON"})
     await isolated_client.wait_for_workers("default", timeout_s=120)
     logs = await isolated_probe.watch_all()
     poison = txt2img(prompt="POISON pill")
@@ -66,3 +67,4 @@ async def test_transient_failure_waits_in_the_retry_queue_and_ends_in_one_delive
     assert set(await isolated_probe.dead_letters()) == {poison.job_id}
     assert await _retry_depth(settings) == 0
     assert await queue_depth(settings) == 0
+    assert "test fault: generation fails for this prompt" in worker.log_path.read_text()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -174,9 +173,6 @@ async def produce(
         encoded = await asyncio.to_thread(encode_job, request, generated)
     with ctx.phase("upload"):
         images = await upload_images(request, encoded, services=services)
-    if services.settings.faults.exit_after_upload:
-        log.critical("job %s: test fault: exiting between upload and record", ctx.job_id)
-        os._exit(137)
     event = SucceededEvent.model_validate(
         {**ctx.event_fields(), "images": images, "timings": ctx.timings(), "warnings": generated.warnings}
     )
@@ -250,9 +246,6 @@ async def generate(
 ) -> GeneratedImages:
     """Run the model on the worker's single generation thread, publishing throttled progress meanwhile."""
     spec = generation_spec(request, init_image)
-    marker = services.settings.faults.fail_prompt_marker
-    if marker and marker in request.prompt:
-        raise RuntimeError("test fault: generation fails for this prompt")
     loop = asyncio.get_running_loop()
     steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
     on_step = _throttled(lambda step, total: loop.call_soon_threadsafe(steps.put_nowait, (step, total)))

@@ -9,14 +9,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
-from sdqueue.config import RuntimeSettings, S3Settings, Settings, make_s3_client
+from sdqueue.config import S3Settings, Settings, make_s3_client
 from sdqueue.worker import store
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.consume import Delivery, connect, consume_jobs, declare_overflow, declare_topology
@@ -30,7 +30,6 @@ from sdqueue.worker.generate import (
     ensure_tiny_model,
     gpu_memory_probe,
     load_generator,
-    resolve_device,
     warm_up,
 )
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
@@ -39,7 +38,6 @@ from sdqueue.worker.logs import current_job_id
 from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.models import CachedModel, ModelCache
 from sdqueue.worker.pipeline import process_delivery, retry_or_give_up
-from sdqueue.worker.priority import use_idle_policy
 from sdqueue.worker.publish import PublishFailed
 from sdqueue.worker.services import Services
 from sdqueue.worker.settle import Settlement, settle
@@ -54,10 +52,9 @@ log = logging.getLogger(__name__)
 
 async def run_worker(settings: Settings) -> None:
     """Serve every configured model alias until SIGTERM or SIGINT, then drain and return."""
-    setup = generation_thread_setup(settings.runtime)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdqueue-generate", initializer=setup)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdqueue-generate")
     try:
-        log.info("runtime: %s sched_idle=%s", describe_runtime(settings.runtime), "yes" if setup else "no")
+        log.info("runtime: %s", describe_runtime(settings.runtime))
         metrics = WorkerMetrics(gpu_memory_bytes=gpu_memory_probe(settings.runtime))
         models = await load_models(settings, executor=executor, metrics=metrics)
         generators = {alias: CachedModel(models, alias) for alias in models.aliases}
@@ -97,11 +94,6 @@ async def run_worker(settings: Settings) -> None:
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker %s stopped", settings.worker_name)
-
-
-def generation_thread_setup(runtime: RuntimeSettings) -> Callable[[], None] | None:
-    """What the generation thread runs first: `SCHED_IDLE` for a CPU worker that asks for it, else nothing."""
-    return use_idle_policy if runtime.idle_policy and resolve_device(runtime).type == "cpu" else None
 
 
 @contextlib.asynccontextmanager
