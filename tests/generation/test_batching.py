@@ -122,6 +122,7 @@ async def test_a_failing_batch_is_retried_job_by_job(tiny_generator: ImageGenera
     assert all(isinstance(result, GeneratedImages) for result in (results[0], results[2]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", [None, "euler_a", "dpmpp_2m"])
 def test_batch_of_seeds_matches_lone_runs_per_scheduler(tiny_generator: ImageGenerator, scheduler: str | None):
     specs = [_spec("a lighthouse", seed, scheduler=scheduler) for seed in (7, 8, 9, 10)]
@@ -132,6 +133,7 @@ def test_batch_of_seeds_matches_lone_runs_per_scheduler(tiny_generator: ImageGen
         _assert_same_picture(tiny_generator.generate(spec).images[0], result.images[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changes",
     [

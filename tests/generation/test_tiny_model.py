@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import CLIPTokenizer
 
@@ -78,6 +79,7 @@ def test_ensure_builds_once_and_leaves_no_staging_behind(tmp_path):
     assert [path.name for path in target.parent.iterdir()] == ["tiny"]
 
 
+@pytest.mark.slow
 def test_concurrent_processes_end_with_one_complete_model(tmp_path, tiny_model_dir):
     target = tmp_path / "tiny"
     code = (
