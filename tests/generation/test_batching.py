@@ -17,6 +17,8 @@ from sdqueue.worker.batching import Batcher
 from sdqueue.worker.errors import GenerationFailed
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec, ImageGenerator
 
+pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
+
 # On CPU the generator pins the kernels that torch would pick by batch size (sdqueue.worker.generate._invariant),
 # so a batched image is bit-equal to a lone run; see docs/benchmarks.md.
 INIT_IMAGE = Image.new("RGB", (100, 70), (200, 40, 40))
@@ -122,7 +124,6 @@ async def test_a_failing_batch_is_retried_job_by_job(tiny_generator: ImageGenera
     assert all(isinstance(result, GeneratedImages) for result in (results[0], results[2]))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", [None, "euler_a", "dpmpp_2m"])
 def test_batch_of_seeds_matches_lone_runs_per_scheduler(tiny_generator: ImageGenerator, scheduler: str | None):
     specs = [_spec("a lighthouse", seed, scheduler=scheduler) for seed in (7, 8, 9, 10)]
@@ -133,7 +134,6 @@ def test_batch_of_seeds_matches_lone_runs_per_scheduler(tiny_generator: ImageGen
         _assert_same_picture(tiny_generator.generate(spec).images[0], result.images[0])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "changes",
     [

@@ -14,6 +14,8 @@ from transformers import CLIPTokenizer
 from sdqueue.worker.generate import SCHEDULERS, build_tiny_model, describe_runtime, ensure_tiny_model
 from tests.plugins.tiny_model import TEST_RUNTIME
 
+pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
+
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
@@ -79,7 +81,6 @@ def test_ensure_builds_once_and_leaves_no_staging_behind(tmp_path):
     assert [path.name for path in target.parent.iterdir()] == ["tiny"]
 
 
-@pytest.mark.slow
 def test_concurrent_processes_end_with_one_complete_model(tmp_path, tiny_model_dir):
     target = tmp_path / "tiny"
     code = (
