@@ -1,4 +1,5 @@
 # Quick start: `make demo` (the stack on loopback, one image) and `make test` (the whole suite).
+# `make check` is the fast tier: ruff and the unit tests (no broker, S3, database or worker; none marked slow).
 # Everything lives in .venv; torch is pinned first so pip takes the CPU wheel here and the CUDA build on a GPU host.
 
 VENV    ?= .venv
@@ -6,7 +7,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.sdqueue-installed
 
-.PHONY: install demo test lint format contract bench clean
+.PHONY: install demo check test lint format contract bench clean
 
 install: $(STAMP)
 
@@ -18,6 +19,11 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/sdqueue demo
+
+check: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -m "not services and not slow" -q
 
 test: install
 	$(VENV)/bin/sdqueue broker ensure

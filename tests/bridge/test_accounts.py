@@ -497,6 +497,7 @@ def _start_burst(url: str, prefix: str, count: int) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_50_concurrent_sign_ups_from_two_processes_all_persist(database_url: str, db: Database):
     processes = [_start_burst(database_url, prefix, 25) for prefix in ("left", "right")]

@@ -17,6 +17,8 @@ from sdqueue.bridge import Accounts, WrongCredentials, database_url, head_revisi
 from sdqueue.config import BridgeSettings, Settings
 from sdqueue.devstack.stack import worker_environment
 
+pytestmark = pytest.mark.slow  # each test runs `python -m sdqueue` as a process, a few seconds apiece
+
 
 def _sdqueue(settings: Settings, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(

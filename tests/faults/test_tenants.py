@@ -292,6 +292,7 @@ def _example_environment() -> dict[str, str]:
     }
 
 
+@pytest.mark.services  # runs the worker and the bridge
 @pytest.mark.parametrize("command", ["worker", "bridge"])
 def test_finding_11_placeholders_of_env_example_refuse_to_start(command: str, tmp_path: Path):
     base = {name: value for name, value in os.environ.items() if not name.startswith("SDQUEUE_")}

@@ -17,6 +17,8 @@ from sdqueue.contracts.errors import GenerationFailed
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.generate import GeneratedImages, GenerationSpec, ImageGenerator
 
+pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
+
 # On CPU the generator pins the kernels that torch would pick by batch size (sdqueue.worker.generate._invariant),
 # so a batched image is bit-equal to a lone run; see docs/benchmarks.md.
 INIT_IMAGE = Image.new("RGB", (100, 70), (200, 40, 40))

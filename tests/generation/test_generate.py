@@ -14,6 +14,8 @@ from sdqueue.worker.encode import encode_images
 from sdqueue.worker.generate import SCHEDULERS, GenerationSpec, load_generator
 from tests.plugins.tiny_model import TEST_RUNTIME
 
+pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
+
 TXT2IMG = GenerationSpec(
     mode="txt2img",
     prompt="a cat on the moon",

@@ -15,6 +15,8 @@ import torch
 from sdqueue.config import RuntimeSettings
 from sdqueue.worker.generate import GenerationSpec, ImageGenerator, load_generator, warm_up
 
+pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
+
 SPEC = GenerationSpec(
     mode="txt2img",
     prompt="a lighthouse",

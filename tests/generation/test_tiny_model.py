@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import CLIPTokenizer
 
 from sdqueue.worker.generate import SCHEDULERS, build_tiny_model, describe_runtime, ensure_tiny_model
 from tests.plugins.tiny_model import TEST_RUNTIME
+
+pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
 
 
 def _files(folder: Path) -> dict[str, bytes]:

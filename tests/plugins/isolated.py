@@ -7,10 +7,11 @@ import secrets
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+import sys
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import aio_pika
 import pytest
@@ -20,7 +21,7 @@ from sdqueue.client import SdqueueClient
 from sdqueue.config import Settings
 from sdqueue.contracts.topology import requests_queue
 from sdqueue.devstack import SeaweedServer, create_vhost, delete_vhost
-from sdqueue.devstack.stack import start_worker, stop_process
+from sdqueue.devstack.stack import start_worker, stop_process, worker_environment
 from tests.plugins.services import SeaweedStack
 from tests.plugins.stack import BrokerProbe, SigningKeys, WorkerProcess, make_stack_settings
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
 
 READY_TIMEOUT_S = 120.0
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAULTY_WORKER = (sys.executable, "-m", "tests.plugins.faulty_worker")
 
 
 def free_port() -> int:
@@ -38,7 +41,7 @@ def free_port() -> int:
 
 
 def updated(settings: Settings, **groups: dict[str, Any]) -> Settings:
-    """Copy of `settings` with fields of nested groups replaced: `updated(s, faults={"exit_after_upload": True})`."""
+    """Copy of `settings` with fields of nested groups replaced: `updated(s, limits={"max_generate_s": 1.5})`."""
     changes = {name: getattr(settings, name).model_copy(update=values) for name, values in groups.items()}
     return settings.model_copy(update=changes)
 
@@ -58,11 +61,21 @@ class IsolatedStack:
         self.servers.append(server)
         return server
 
-    def start_worker(self, name: str, settings: Settings | None = None) -> WorkerProcess:
-        """Start `python -m sdqueue worker` named `name` (that name appears in its events)."""
+    def start_worker(
+        self, name: str, settings: Settings | None = None, *, faults: Mapping[str, str] | None = None
+    ) -> WorkerProcess:
+        """Start `python -m sdqueue worker` named `name` (that name appears in its events).
+
+        With `faults` (variables of `tests.plugins.faulty_worker`), the same worker with those faults injected.
+        """
         log_path = self.log_dir / f"{name}.log"
+        settings = settings or self.settings
+        named = {"SDQUEUE_WORKER_NAME": name}
         with log_path.open("wb") as log:
-            process = start_worker(settings or self.settings, log=log, extra_env={"SDQUEUE_WORKER_NAME": name})
+            if faults:
+                process = start_faulty_worker(settings, log=log, extra_env={**named, **faults})
+            else:
+                process = start_worker(settings, log=log, extra_env=named)
         worker = WorkerProcess(process=process, log_path=log_path)
         self.workers.append(worker)
         return worker
@@ -80,6 +93,18 @@ class IsolatedStack:
     def logs(self) -> str:
         """Every worker's log tail, for failure messages."""
         return "\n".join(f"--- {w.log_path.name}\n{w.log_tail()}" for w in self.workers)
+
+
+def start_faulty_worker(settings: Settings, *, log: IO[bytes], extra_env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Run `python -m tests.plugins.faulty_worker` the way `start_worker` runs the real one."""
+    return subprocess.Popen(
+        FAULTY_WORKER,
+        cwd=REPO_ROOT,
+        env=worker_environment(settings, extra=extra_env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture

@@ -83,6 +83,7 @@ async def test_two_servers_run_side_by_side(seaweed: SeaweedStack, tmp_path: Pat
         assert not await object_exists(first, bucket=s3.bucket, key=key)
 
 
+@pytest.mark.services  # starts a SeaweedFS of its own
 def test_stop_is_idempotent_and_leaves_no_process(tmp_path: Path) -> None:
     server, _ = start_second(tmp_path, bucket="sdqueue-stop")
     pid = server.process.pid

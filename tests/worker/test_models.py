@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from sdqueue.worker.generate import ImageGenerator, load_generator
 from sdqueue.worker.models import CachedModel, ModelCache
 from tests.plugins.tiny_model import TEST_RUNTIME
+
+pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
 
 
 def _cache(model_dir: Path, *, aliases: str, budget_bytes: int | None) -> tuple[ModelCache, list[str]]:

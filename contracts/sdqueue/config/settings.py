@@ -219,19 +219,6 @@ class RuntimeSettings(_Group):
         default="auto", description="`auto`: float16 on CUDA, float32 on CPU."
     )
     threads: PositiveInt | None = Field(default=None, description="torch CPU threads; unset keeps torch's choice.")
-    nice: Annotated[int, Field(ge=0, le=19)] = Field(
-        default=10,
-        description="CPU priority (niceness) of the worker process and every thread it runs. Generation is "
-        "throughput work: on a shared host, latency-bound neighbours (a bridge, the broker) go first. 0 competes "
-        "on equal terms; a worker started nicer than this keeps its own value. A worker that leads its own session "
-        "(the dev stack starts it so; `setsid`) also sets its session's autogroup, which other sessions see.",
-    )
-    idle_policy: bool = Field(
-        default=True,
-        description="On Linux, a CPU worker generates under SCHED_IDLE: a bridge or broker woken on its host runs "
-        "on the worker's core at once, and generation takes only the CPU they leave. Never applied on CUDA, where "
-        "the generating thread feeds the GPU.",
-    )
     attention_slicing: bool = Field(default=False, description="Trade speed for memory on small GPUs.")
     channels_last: bool = Field(default=False, description="UNet and VAE in channels-last memory format.")
     fuse_qkv: bool = Field(default=False, description="Fuse attention Q/K/V projections into one matmul.")
@@ -278,17 +265,6 @@ class FairnessSettings(_Group):
     promote_after_s: PositiveFloat = Field(
         default=60.0,
         description="A job held this long runs next whatever its lane, so the overflow lane never starves.",
-    )
-
-
-class FaultSettings(_Group):
-    """Test-only fault injection for the fault suite. Never set these in production."""
-
-    exit_after_upload: bool = Field(
-        default=False, description="Test only: exit at once (like kill -9) after uploading images, before the record."
-    )
-    fail_prompt_marker: str | None = Field(
-        default=None, description="Test only: generation raises an unexpected error for prompts containing this."
     )
 
 
@@ -477,7 +453,6 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchSettings = Field(default_factory=BatchSettings)
     fairness: FairnessSettings = Field(default_factory=FairnessSettings)
-    faults: FaultSettings = Field(default_factory=FaultSettings)
     bridge: BridgeSettings = Field(default_factory=BridgeSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 

@@ -49,8 +49,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """Run `python -m sdqueue worker` as a child process with exactly these settings.
 
-    It leads its own session, so its CPU priority also reaches the broker's and the bridge's sessions
-    (`sdqueue.worker.priority`); `stop_process` stops it, as a terminal's Ctrl-C no longer reaches it.
+    It leads its own session, so a terminal's Ctrl-C reaches only its parent, which stops it with `stop_process`.
     """
     return subprocess.Popen(
         [sys.executable, "-m", "sdqueue", "worker"],

@@ -6,7 +6,6 @@ import asyncio
 
 from sdqueue.config import load_settings
 from sdqueue.worker.logs import setup_logging
-from sdqueue.worker.priority import lower_cpu_priority
 from sdqueue.worker.worker import run_worker
 
 
@@ -14,7 +13,6 @@ def main() -> int:
     """Load settings once, set up logging, and run the worker until it is told to stop."""
     settings = load_settings()
     setup_logging(settings.log_level, log_format=settings.log_format)
-    lower_cpu_priority(settings.runtime.nice)
     asyncio.run(run_worker(settings))
     return 0
 

@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from aio_pika.abc import (
 
 from sdqueue import storage
 from sdqueue.broker import connect
-from sdqueue.config import RuntimeSettings, S3Settings, Settings
+from sdqueue.config import S3Settings, Settings
 from sdqueue.contracts.errors import StorageError
 from sdqueue.storage import make_s3_client
 from sdqueue.worker.batching import Batcher
@@ -39,7 +39,6 @@ from sdqueue.worker.generate import (
     ensure_tiny_model,
     gpu_memory_probe,
     load_generator,
-    resolve_device,
     warm_up,
 )
 from sdqueue.worker.health import Readiness, probe_storage, serve_health
@@ -49,7 +48,6 @@ from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.models import CachedModel, ModelCache
 from sdqueue.worker.outcome import Outcomes
 from sdqueue.worker.pipeline import JobPath
-from sdqueue.worker.priority import use_idle_policy
 from sdqueue.worker.publish import BrokerEvents
 from sdqueue.worker.retry import BrokerRequeue
 from sdqueue.worker.settle import settle
@@ -64,10 +62,9 @@ log = logging.getLogger(__name__)
 
 async def run_worker(settings: Settings) -> None:
     """Serve every configured model alias until SIGTERM or SIGINT, then drain and return."""
-    setup = generation_thread_setup(settings.runtime)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdqueue-generate", initializer=setup)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdqueue-generate")
     try:
-        log.info("runtime: %s sched_idle=%s", describe_runtime(settings.runtime), "yes" if setup else "no")
+        log.info("runtime: %s", describe_runtime(settings.runtime))
         metrics = WorkerMetrics(gpu_memory_bytes=gpu_memory_probe(settings.runtime))
         models = await load_models(settings, executor=executor, metrics=metrics)
         generators = {alias: CachedModel(models, alias) for alias in models.aliases}
@@ -118,11 +115,6 @@ async def run_worker(settings: Settings) -> None:
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker %s stopped", settings.worker_name)
-
-
-def generation_thread_setup(runtime: RuntimeSettings) -> Callable[[], None] | None:
-    """What the generation thread runs first: `SCHED_IDLE` for a CPU worker that asks for it, else nothing."""
-    return use_idle_policy if runtime.idle_policy and resolve_device(runtime).type == "cpu" else None
 
 
 @contextlib.asynccontextmanager

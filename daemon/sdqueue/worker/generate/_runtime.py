@@ -45,4 +45,4 @@ def describe_runtime(runtime: RuntimeSettings) -> str:
     name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" and torch.cuda.is_available() else ""
     threads = runtime.threads if runtime.threads is not None else torch.get_num_threads()
     dtype_name = str(dtype).removeprefix("torch.")
-    return f"device={device}{name} dtype={dtype_name} threads={threads} nice={runtime.nice} torch={torch.__version__}"
+    return f"device={device}{name} dtype={dtype_name} threads={threads} torch={torch.__version__}"
