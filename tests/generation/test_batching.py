@@ -15,7 +15,7 @@ from PIL import Image
 from sdqueue.config import BatchSettings, RuntimeSettings
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.errors import GenerationFailed
-from sdqueue.worker.generate import GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, ImageGenerator
 
 # On CPU the generator pins the kernels that torch would pick by batch size (sdqueue.worker.generate._invariant),
 # so a batched image is bit-equal to a lone run; see docs/benchmarks.md.
@@ -60,6 +60,10 @@ class RecordingGenerator:
     @property
     def memory_bytes(self) -> int:
         return self.real.memory_bytes
+
+    @property
+    def family(self) -> Family:
+        return self.real.family
 
     def release(self) -> None:
         self.real.release()
