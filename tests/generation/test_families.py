@@ -31,4 +31,3 @@ def test_each_family_has_its_native_defaults():
 @pytest.mark.parametrize("family", FAMILIES.values(), ids=FAMILIES.keys())
 def test_family_defaults_fit_the_default_pixel_cap(family: Family):
     assert family.width_px * family.height_px <= LimitSettings().max_pixels
-
