@@ -131,7 +131,7 @@ def test_stop_request_interrupts_the_pipeline_and_cancels(tiny_sdxl_generator: I
     ids=["txt2img", "no-guidance", "128x96", "img2img"],
 )
 def test_batch_matches_lone_runs_bit_for_bit(tiny_sdxl_generator: ImageGenerator, changes: dict[str, object]):
-    specs = [_spec(prompt=f"prompt {i}", seeds=(seed,), **changes) for i, seed in enumerate(range(21, 29))]
+    specs = [_spec(TXT2IMG, prompt=f"prompt {i}", seeds=(seed,), **changes) for i, seed in enumerate(range(21, 29))]
 
     batched = tiny_sdxl_generator.generate_batch(specs)
 
