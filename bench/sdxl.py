@@ -21,7 +21,7 @@ from sdqueue.config import Settings
 from sdqueue.devstack.stack import start_worker, stop_process
 from sdqueue.worker.generate import build_tiny_model, load_generator
 
-SIZE_PX, STEPS, JOBS, ROUNDS = 256, 20, 12, 3
+SIZE_PX, STEPS, JOBS, ROUNDS = 256, 20, 24, 5
 TARGET_RATIO = 0.95
 
 

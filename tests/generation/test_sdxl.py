@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +70,15 @@ def test_tiny_sdxl_is_saved_as_an_sdxl_pipeline(tiny_sdxl_dir: Path):
     assert unet["projection_class_embeddings_input_dim"] == 6 * unet["addition_time_embed_dim"] + 32
 
 
-def test_same_seed_builds_identical_files(tmp_path: Path, tiny_sdxl_dir: Path):
-    assert _files(build_tiny_model(tmp_path / "again", family="sdxl")) == _files(tiny_sdxl_dir)
+def test_the_cli_builds_the_same_files_for_the_same_seed(tmp_path: Path, tiny_sdxl_dir: Path):
+    command = [sys.executable, "-m", "sdqueue", "model", "tiny", "--family", "sdxl", str(tmp_path / "xl")]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    expected = _files(tiny_sdxl_dir)
+    other_seed = _files(build_tiny_model(tmp_path / "other", family="sdxl", seed=1))
+    assert _files(tmp_path / "xl") == expected
+    unet_weights = "unet/diffusion_pytorch_model.safetensors"
+    assert other_seed[unet_weights] != expected[unet_weights]
 
 
 def test_it_loads_through_from_pretrained_and_is_recognised_as_sdxl(
