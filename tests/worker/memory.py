@@ -115,8 +115,8 @@ class RecordingWebhooks:
 
 @dataclass
 class SolidGenerator:
-    """Paints one solid image per seed (the seed picks the colour), reporting every step, and a grey 8x8 preview at
-    each step when the spec asks for previews; `error` is raised instead."""
+    """Paints one solid image per seed (the seed picks the colour) at the final size, reporting every step, and a grey
+    8x8 preview at each step when the spec asks for previews; `error` is raised instead."""
 
     scheduler_names: tuple[str, ...] = ("ddim",)
     calls: list[GenerationSpec] = field(default_factory=list)
@@ -139,7 +139,8 @@ class SolidGenerator:
             if on_preview is not None and spec.preview_interval_s is not None:
                 on_preview(StepPreview(step=step, steps=spec.steps, image=Image.new("RGB", (8, 8), (128, 128, 128))))
             await asyncio.sleep(0)
-        images = [Image.new("RGB", (spec.width, spec.height), (seed % 256, 0, 0)) for seed in spec.seeds]
+        size = (spec.width, spec.height) if spec.hires is None else (spec.hires.width, spec.hires.height)
+        images = [Image.new("RGB", size, (seed % 256, 0, 0)) for seed in spec.seeds]
         return GeneratedImages(images=images, warnings=[])
 
 
