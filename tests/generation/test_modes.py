@@ -15,6 +15,8 @@ from sdqueue.worker.generate._preview import latents_to_rgb, preview_picture
 from sdqueue.worker.generate.families import SD1
 from tests.generation.test_generate import TXT2IMG, _pixels, _png_digest
 
+pytestmark = pytest.mark.slow  # runs the tiny models on CPU: seconds, and many more on a loaded machine
+
 INIT = Image.radial_gradient("L").convert("RGB").resize((80, 48))
 INPAINT = dataclasses.replace(TXT2IMG, mode="inpaint", steps=3, strength=1.0, init_image=INIT)
 HIRES = dataclasses.replace(TXT2IMG, steps=2, hires=HiresPass(width=96, height=96, steps=4, strength=0.5))

@@ -21,6 +21,8 @@ from sdqueue.worker.generate import GenerationSpec, ImageGenerator, build_tiny_m
 from sdqueue.worker.generate.families import SD1, SDXL
 from sdqueue.worker.generate.sdxl import sdxl_modules
 
+pytestmark = pytest.mark.slow  # runs the tiny models on CPU: seconds, and many more on a loaded machine
+
 TXT2IMG = GenerationSpec(
     mode="txt2img",
     prompt="a cat on the moon",

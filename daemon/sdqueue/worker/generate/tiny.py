@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from diffusers import (
@@ -191,34 +191,29 @@ def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     )
 
 
+# Both tiny UNets: two blocks, one layer each, cross-attention in the inner block only.
+_TINY_UNET: dict[str, Any] = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+
+
 def _build_unet() -> UNet2DConditionModel:
-    return UNet2DConditionModel(  # type: ignore[no-untyped-call]  # diffusers is partly annotated
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
+    return UNet2DConditionModel(**_TINY_UNET, cross_attention_dim=32)  # type: ignore[no-untyped-call]  # diffusers is partly annotated
 
 
 def _build_sdxl_unet(*, text_width: int, pooled_width: int) -> UNet2DConditionModel:
     """SDXL's UNet at tiny size: cross-attention over `text_width`, plus pooled text and six time ids added."""
     return UNet2DConditionModel(  # type: ignore[no-untyped-call]  # diffusers is partly annotated
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **_TINY_UNET,
         cross_attention_dim=text_width,
-        attention_head_dim=8,
-        norm_num_groups=32,
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=_TINY_SDXL_TIME_EMBED_DIM,
