@@ -44,6 +44,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bf16-sdpa": {"dtype": "bfloat16"},
     "fp16-tuned": {"dtype": "float16", "channels_last": True, "fuse_qkv": True},
     "fp16-compiled": {"dtype": "float16", "channels_last": True, "fuse_qkv": True, "compile_mode": "reduce-overhead"},
+    # Which of channels-last and fused QKV the compiled UNet still needs, and what max-autotune adds on top.
+    "fp16-compiled-plain": {"dtype": "float16", "compile_mode": "reduce-overhead"},
+    "fp16-autotune": {"dtype": "float16", "channels_last": True, "fuse_qkv": True, "compile_mode": "max-autotune"},
 }
 
 
