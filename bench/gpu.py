@@ -1,4 +1,4 @@
-"""Item 5: Stable Diffusion 1.5 on a CUDA device, with random weights of the real architecture (real costs).
+"""Item 5: Stable Diffusion 1.5 (or SDXL) on a CUDA device, with random weights of the real architecture (real costs).
 
 First images/s by batch size for each configuration (fp32 eager as the original API ran, fp16 and bf16 with SDPA,
 fp16 with channels-last and fused QKV, and that with the UNet compiled). Then the worker's own path at the best
@@ -7,6 +7,8 @@ encoding, everything but the broker and the bucket (that host has neither; `benc
 Every result is written to the JSON file as soon as it exists, so a run cut short keeps what it measured.
 
     python -m bench.gpu --out gpu.json                     # on the GPU host
+    python -m bench.gpu --family sdxl --size 1024 --steps 20 --batches 1,2,4,8 \
+        --configs fp16-sdpa,fp16-compiled --out gpu-sdxl.json
     python -m bench.gpu_plot gpu.json docs/img/gpu-images-per-s.png
 """
 
@@ -34,6 +36,7 @@ from bench._stack import txt2img_spec
 from sdqueue.config import RuntimeSettings
 from sdqueue.worker.generate import ImageGenerator, build_tiny_model, load_generator
 from sdqueue.worker.generate.sd15 import build_sd15_random
+from sdqueue.worker.generate.sdxl import build_sdxl_random
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "fp32-eager": {"dtype": "float32"},
@@ -165,13 +168,17 @@ def measure_worker_path(generator: ImageGenerator, name: str, *, args: argparse.
 
 
 def model_dir(args: argparse.Namespace) -> Path:
-    """The model to measure: SD 1.5 with random weights (or the tiny one for a CPU smoke run), built once."""
-    path: Path = args.model_dir
+    """The model to measure: SD 1.5 or SDXL with random weights (or a tiny one for a CPU smoke run), built once."""
+    path: Path = args.model_dir or Path(tempfile.gettempdir()) / f"sdqueue-{args.family}-random"
     if (path / "model_index.json").exists():
         return path
     started = time.perf_counter()
-    built = build_tiny_model(path) if args.tiny else build_sd15_random(path)
-    print(f"built {'tiny' if args.tiny else 'SD 1.5'} model in {time.perf_counter() - started:.1f}s", flush=True)
+    if args.tiny:
+        built = build_tiny_model(path, family="sdxl" if args.family == "sdxl" else "sd1")
+    else:
+        built = build_sdxl_random(path) if args.family == "sdxl" else build_sd15_random(path)
+    kind = f"{'tiny ' if args.tiny else ''}{args.family}"
+    print(f"built {kind} model in {time.perf_counter() - started:.1f}s", flush=True)
     return built
 
 
@@ -187,9 +194,9 @@ def run_config(name: str, *, source: Path, args: argparse.Namespace, results: Re
 def main(argv: list[str] | None = None) -> None:
     """Sweep the configurations in order; the worker path runs after the eager ones and again if compiled wins."""
     args = parse_args(argv)
-    paths = {"out": str(args.out), "model_dir": str(args.model_dir)}
-    results = Results(args.out, machine=machine_facts(args.device), parameters=vars(args) | paths)
     source = model_dir(args)
+    paths = {"out": str(args.out), "model_dir": str(source)}
+    results = Results(args.out, machine=machine_facts(args.device), parameters=vars(args) | paths)
     best: tuple[float, str, ImageGenerator] | None = None
     for name in args.configs:
         if "compile_mode" in CONFIGS[name] and best is not None:
@@ -217,8 +224,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; the defaults are the GPU run recorded in docs/benchmarks.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu.json"))
-    parser.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "sdqueue-sd15-random")
-    parser.add_argument("--tiny", action="store_true", help="the tiny model instead of SD 1.5 (a CPU smoke run)")
+    parser.add_argument("--family", choices=("sd15", "sdxl"), default="sd15", help="architecture (default: sd15)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="default: sdqueue-<family>-random in temp")
+    parser.add_argument("--tiny", action="store_true", help="the family's tiny model (a CPU smoke run)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--configs", type=lambda text: text.split(","), default=list(CONFIGS))
     parser.add_argument("--batches", type=lambda text: [int(n) for n in text.split(",")], default=[1, 4, 8, 16])

@@ -38,6 +38,7 @@ async def test_a_worker_over_its_budget_swaps_models_and_says_so(
     first = await _heartbeat(isolated_client)
     assert (first.worker, first.state, first.models, first.device) == ("swapper", "ready", ("left", "right"), "cpu")
     assert first.loaded == ("right",), "both were loaded at start; the budget kept the last one"
+    assert first.families == {"left": "sd1", "right": "sd1"}, "an unloaded alias keeps its family"
 
     loaded_after = []
     for alias in ("left", "right", "left"):
@@ -72,7 +73,7 @@ async def test_sdqueue_models_lists_the_fleet(isolated: IsolatedStack, isolated_
     listed = stdout.decode().splitlines()
 
     rows = {line.split()[0]: line.split()[1:] for line in listed if line.strip()}
-    assert rows["alpha"] == ["one,two", "one,two"]
-    assert rows["beta"] == ["two", "two"]
+    assert rows["alpha"] == ["sd1", "one,two", "one,two"]
+    assert rows["beta"] == ["sd1", "two", "two"]
     assert rows["one"][:2] == ["ready", "cpu"]
     assert rows["two"][-1] == "alpha,beta"

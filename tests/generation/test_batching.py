@@ -15,7 +15,7 @@ from PIL import Image
 from sdqueue.config import BatchSettings, RuntimeSettings
 from sdqueue.contracts.errors import GenerationFailed
 from sdqueue.worker.batching import Batcher
-from sdqueue.worker.generate import GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, ImageGenerator
 
 pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
 
@@ -62,6 +62,10 @@ class RecordingGenerator:
     @property
     def memory_bytes(self) -> int:
         return self.real.memory_bytes
+
+    @property
+    def family(self) -> Family:
+        return self.real.family
 
     def release(self) -> None:
         self.real.release()

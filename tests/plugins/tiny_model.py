@@ -1,4 +1,5 @@
-"""The tiny model, built once per session, and a generator loaded from it on CPU with pinned threads."""
+"""The tiny models (SD 1 and SDXL shapes), built once per session, and generators loaded from them on CPU with
+pinned threads."""
 
 from __future__ import annotations
 
@@ -31,3 +32,19 @@ def tiny_generator(tiny_model_dir: Path) -> ImageGenerator:
     from sdqueue.worker.generate import load_generator
 
     return load_generator(str(tiny_model_dir), runtime=TEST_RUNTIME)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL-shaped model folder in diffusers format, built once per session."""
+    from sdqueue.worker.generate import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", family="sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_generator(tiny_sdxl_dir: Path) -> ImageGenerator:
+    """The tiny SDXL model loaded through `load_generator` on CPU with 2 threads."""
+    from sdqueue.worker.generate import load_generator
+
+    return load_generator(str(tiny_sdxl_dir), runtime=TEST_RUNTIME)

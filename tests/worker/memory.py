@@ -14,7 +14,8 @@ from PIL import Image
 from sdqueue.contracts import JobEvent, TerminalEvent
 from sdqueue.contracts.errors import StorageError
 from sdqueue.worker.consume import Delivery
-from sdqueue.worker.generate import GeneratedImages, GenerationSpec
+from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec
+from sdqueue.worker.generate.families import SD1
 from sdqueue.worker.ports import StoredRecord
 from sdqueue.worker.publish import PublishFailed
 from sdqueue.worker.verify import Caller
@@ -118,6 +119,7 @@ class SolidGenerator:
     """Paints one solid image per seed (the seed picks the colour), reporting every step; `error` is raised instead."""
 
     scheduler_names: tuple[str, ...] = ("ddim",)
+    family: Family = SD1
     calls: list[GenerationSpec] = field(default_factory=list)
     error: Exception | None = None
 

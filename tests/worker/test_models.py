@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sdqueue.worker.generate import ImageGenerator, load_generator
+from sdqueue.worker.generate.families import SD1, SDXL
 from sdqueue.worker.models import CachedModel, ModelCache
 from tests.plugins.tiny_model import TEST_RUNTIME
 
@@ -58,3 +59,16 @@ def test_a_cached_model_reaches_its_alias_through_the_cache(tiny_model_dir: Path
     assert model.memory_bytes == tiny_generator.memory_bytes
     assert cache.loaded == ("a",)
     assert loads == ["a", "b", "a"]
+
+
+def test_each_alias_keeps_the_family_of_its_pipeline_after_an_unload(tiny_model_dir: Path, tiny_sdxl_dir: Path):
+    sources = {"small": str(tiny_model_dir), "xl": str(tiny_sdxl_dir)}
+    cache = ModelCache(
+        sources, load=lambda _alias, source: load_generator(source, runtime=TEST_RUNTIME), budget_bytes=1
+    )
+
+    cache.load_all()
+
+    assert cache.loaded == ("xl",)
+    assert cache.families == {"small": SD1, "xl": SDXL}
+    assert (CachedModel(cache, "small").family, CachedModel(cache, "xl").family) == (SD1, SDXL)

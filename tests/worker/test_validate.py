@@ -9,8 +9,8 @@ import pytest
 
 from sdqueue.config import LimitSettings, ModelDefaults
 from sdqueue.contracts import ErrorCode
-from sdqueue.contracts.errors import SdqueueError
-from sdqueue.worker.validate import derive_seed, image_seeds, job_id_from_body, parse_job
+from sdqueue.worker.generate.families import SD1, SDXL
+from sdqueue.worker.validate import derive_seed, image_seeds, job_id_from_body, model_defaults, parse_job
 
 LIMITS = LimitSettings(max_pixels=512 * 512, max_steps=50, max_images=4, max_body_bytes=64 * 1024)
 
@@ -127,3 +127,38 @@ def test_model_defaults_are_held_to_the_workers_caps():
         )
 
     assert caught.value.code == ErrorCode.LIMITS_EXCEEDED
+
+
+def _with_family_defaults(body: bytes, *, configured: ModelDefaults | None = None, limits: LimitSettings) -> Any:
+    defaults = model_defaults(configured, family=SDXL)
+    return parse_job(body, job_id="job-1", limits=limits, served_models={"default"}, schedulers=(), defaults=defaults)
+
+
+def test_the_family_fills_size_and_guidance_a_body_leaves_out():
+    request = _with_family_defaults(_body(), limits=LimitSettings())
+
+    assert (request.width, request.height, request.guidance_scale) == (1024, 1024, 5.0)
+
+
+def test_the_operators_defaults_and_the_body_win_over_the_family():
+    configured = ModelDefaults(width=768, guidance_scale=6.0)
+
+    request = _with_family_defaults(_body(guidance_scale=9.0), configured=configured, limits=LimitSettings())
+
+    assert (request.width, request.height, request.guidance_scale) == (768, 1024, 9.0)
+
+
+def test_family_defaults_are_held_to_the_workers_caps():
+    with pytest.raises(SdqueueError) as caught:
+        _with_family_defaults(_body(), limits=LIMITS)
+
+    assert caught.value.code == ErrorCode.LIMITS_EXCEEDED
+    assert _with_family_defaults(_body(width=512, height=512), limits=LIMITS).width == 512
+
+
+def test_sd1_defaults_are_the_contracts_own():
+    assert model_defaults(None, family=SD1).model_dump(exclude_none=True) == {
+        "width": 512,
+        "height": 512,
+        "guidance_scale": 7.5,
+    }

@@ -28,13 +28,14 @@ async def list_models(*, listen_s: float) -> int:
 
 
 def format_fleet(fleet: Sequence[WorkerHeartbeat]) -> str:
-    """A table of model aliases (who serves each, where it is loaded), then one of workers."""
+    """A table of model aliases (family, who serves each, where it is loaded), then one of workers."""
     if not fleet:
         return "no worker heard from"
     aliases = sorted({alias for heartbeat in fleet for alias in heartbeat.models})
-    models = [["MODEL", "SERVED BY", "LOADED ON"]] + [
+    models = [["MODEL", "FAMILY", "SERVED BY", "LOADED ON"]] + [
         [
             alias,
+            alias_families(fleet, alias),
             ",".join(h.worker for h in fleet if alias in h.models),
             ",".join(h.worker for h in fleet if alias in h.loaded) or "-",
         ]
@@ -44,3 +45,9 @@ def format_fleet(fleet: Sequence[WorkerHeartbeat]) -> str:
         [h.worker, h.state, h.device, str(h.in_flight), ",".join(h.loaded) or "-"] for h in fleet
     ]
     return f"{format_table(models)}\n\n{format_table(workers)}"
+
+
+def alias_families(fleet: Sequence[WorkerHeartbeat], alias: str) -> str:
+    """The families workers report for `alias`: one, several (workers serve different sources) or `-` (unknown)."""
+    families = sorted({h.families[alias] for h in fleet if alias in h.families})
+    return ",".join(families) or "-"

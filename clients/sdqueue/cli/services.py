@@ -18,9 +18,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     """Add `worker`, `model`, `storage`, `broker`, `webhooks` and `demo`."""
     commands.add_parser("worker", help="run the worker").set_defaults(handler=run_worker)
     model = commands.add_parser("model", help="model tools").add_subparsers(required=True, metavar="ACTION")
-    tiny = model.add_parser("tiny", help="build the offline tiny SD pipeline")
+    tiny = model.add_parser("tiny", help="build an offline tiny SD pipeline (random weights)")
     tiny.add_argument("path", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
+    # The families `build_tiny_model` builds; named here so that `--help` needs no torch.
+    tiny.add_argument("--family", choices=("sd1", "sdxl"), default="sd1", help="model shape (default: sd1)")
     tiny.set_defaults(handler=build_tiny)
     storage = commands.add_parser("storage", help="S3 storage").add_subparsers(required=True, metavar="ACTION")
     storage.add_parser("serve", help="run SeaweedFS on loopback with keys enforced").set_defaults(handler=serve_storage)
@@ -53,7 +55,7 @@ def build_tiny(args: argparse.Namespace) -> int:
     """Build the offline tiny pipeline at `args.path` and print where it is."""
     from sdqueue.worker.generate import build_tiny_model
 
-    print(build_tiny_model(args.path, seed=args.seed))
+    print(build_tiny_model(args.path, seed=args.seed, family=args.family))
     return 0
 
 

@@ -18,7 +18,7 @@ from sdqueue.contracts.events import (
     parse_terminal_event,
     utc_now,
 )
-from sdqueue.contracts.fleet import HEARTBEAT_PATTERN, WorkerHeartbeat, heartbeat_routing_key
+from sdqueue.contracts.fleet import HEARTBEAT_PATTERN, ModelFamily, WorkerHeartbeat, heartbeat_routing_key
 from sdqueue.contracts.quota import QUOTA_CLAIM, Priority, Quota
 from sdqueue.contracts.request import (
     JOB_ID_PATTERN,
@@ -55,6 +55,7 @@ __all__ = [
     "InitImageKey",
     "JobEvent",
     "Mode",
+    "ModelFamily",
     "OutputFormat",
     "Priority",
     "ProgressEvent",

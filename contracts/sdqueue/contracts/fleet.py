@@ -11,6 +11,8 @@ from sdqueue.contracts.events import utc_now
 from sdqueue.contracts.request import ModelAlias
 
 HEARTBEAT_PATTERN = "worker.heartbeat.#"
+# The architecture a model was trained as, which fixes its native size and its latent space (see docs/operations.md).
+ModelFamily = Literal["sd1", "sd2", "sdxl"]
 
 
 def heartbeat_routing_key(worker: str) -> str:
@@ -30,6 +32,9 @@ class WorkerHeartbeat(BaseModel):
     state: Literal["ready", "draining"]
     models: tuple[ModelAlias, ...] = Field(description="Aliases this worker consumes.")
     loaded: tuple[ModelAlias, ...] = Field(description="Aliases whose pipelines are in memory, most recent last.")
+    families: dict[ModelAlias, ModelFamily] = Field(
+        default_factory=dict, description="The family of each served alias, known from its loaded pipeline."
+    )
     device: str
     in_flight: Annotated[int, Field(ge=0)]
     interval_s: Annotated[float, Field(gt=0)] = Field(description="Seconds until the next heartbeat.")

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sdqueue.config import BatchSettings
-from sdqueue.worker.generate import BatchKey, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
+from sdqueue.worker.generate import BatchKey, Family, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,11 @@ class Batcher:
     def scheduler_names(self) -> tuple[str, ...]:
         """The schedulers the model behind this batcher can run."""
         return tuple(self._generator.scheduler_names)
+
+    @property
+    def family(self) -> Family:
+        """The family of the model behind this batcher (its defaults fill what a request leaves out)."""
+        return self._generator.family
 
     async def generate(
         self,

@@ -37,6 +37,7 @@ async def heartbeats(
             state="draining" if stopping.is_set() else "ready",
             models=models.aliases,
             loaded=models.loaded,
+            families={alias: family.name for alias, family in models.families.items()},
             device=str(resolve_device(settings.runtime)),
             in_flight=len(in_flight),
             interval_s=settings.heartbeat_interval_s,

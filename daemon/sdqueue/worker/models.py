@@ -1,7 +1,7 @@
 """The worker's loaded models: every served alias, with pipelines kept within a memory budget (least recently used out).
 
 All loading, generating and unloading happens on the one generation thread, so the cache needs no lock; other
-threads read only `loaded` and `scheduler_names`, which are replaced whole, never mutated.
+threads read only `loaded`, `scheduler_names` and `families`, which are replaced whole, never mutated.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from sdqueue.worker.generate import GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, ImageGenerator
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class ModelCache:
         self._loaded: collections.OrderedDict[str, ImageGenerator] = collections.OrderedDict()
         self._sizes: dict[str, int] = {}
         self.scheduler_names: dict[str, tuple[str, ...]] = {}
+        self.families: dict[str, Family] = {}  # kept after an unload: a family never changes with the source
         self.loaded: tuple[str, ...] = ()  # aliases in memory, least recently used first
 
     @property
@@ -64,7 +65,14 @@ class ModelCache:
         self._loaded[alias] = generator
         self._sizes[alias] = generator.memory_bytes
         self.scheduler_names = {**self.scheduler_names, alias: generator.scheduler_names}
-        log.info("model %s loaded in %.2fs (%.0f MiB)", alias, time.monotonic() - started, self._sizes[alias] / 2**20)
+        self.families = {**self.families, alias: generator.family}
+        log.info(
+            "model %s (%s) loaded in %.2fs (%.0f MiB)",
+            alias,
+            generator.family.name,
+            time.monotonic() - started,
+            self._sizes[alias] / 2**20,
+        )
         self._make_room(0, keep=alias)
         self._changed()
         return generator
@@ -104,6 +112,11 @@ class CachedModel:
     @property
     def memory_bytes(self) -> int:
         return self._cache.get(self._alias).memory_bytes
+
+    @property
+    def family(self) -> Family:
+        """Known from the alias's first load (`ModelCache.load_all` loads every alias at start)."""
+        return self._cache.families[self._alias]
 
     def release(self) -> None:
         """Unloading is the cache's decision; a single alias never releases itself."""

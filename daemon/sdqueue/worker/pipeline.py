@@ -43,7 +43,7 @@ from sdqueue.worker.ports import Generates, ObjectStore, Requeue
 from sdqueue.worker.publish import PublishFailed
 from sdqueue.worker.retry import retry_backoff_s
 from sdqueue.worker.settle import Settlement
-from sdqueue.worker.validate import image_seeds, parse_job
+from sdqueue.worker.validate import image_seeds, model_defaults, parse_job
 from sdqueue.worker.verify import Verification
 from sdqueue.worker.webhooks import check_callback_url
 
@@ -147,7 +147,7 @@ class JobPath:
             served_models=(delivery.alias,),
             schedulers=generator.scheduler_names,
             quota=claims.quota,
-            defaults=self.settings.model_defaults.get(delivery.alias),
+            defaults=model_defaults(self.settings.model_defaults.get(delivery.alias), family=generator.family),
         )
         ctx.model, ctx.metadata = request.model, dict(request.metadata)
         ctx.callback_url = check_callback_url(request.callback_url, webhooks=self.settings.webhooks)

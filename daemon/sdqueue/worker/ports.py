@@ -15,7 +15,7 @@ from sdqueue.worker.verify import Caller
 
 if TYPE_CHECKING:
     from sdqueue.worker.consume import Delivery
-    from sdqueue.worker.generate import GeneratedImages, GenerationSpec
+    from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,10 @@ class Generates(Protocol):
     @property
     def scheduler_names(self) -> tuple[str, ...]:
         """The schedulers a request may name for this model."""
+
+    @property
+    def family(self) -> Family:
+        """The model's family, whose defaults fill the fields a request and the operator leave out."""
 
     async def generate(
         self,

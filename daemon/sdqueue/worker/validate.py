@@ -12,6 +12,7 @@ from sdqueue.config.limits import caller_limits, limit_violation
 from sdqueue.contracts import MAX_SEED, GenerationRequest, Quota
 from sdqueue.contracts.errors import Forbidden, InvalidRequest, LimitsExceeded, UnknownModel
 from sdqueue.contracts.quota import UNLIMITED
+from sdqueue.worker.generate import Family
 
 MAX_REPORTED_ERRORS = 5
 
@@ -27,7 +28,7 @@ def parse_job(
     defaults: ModelDefaults | None = None,
 ) -> GenerationRequest:
     """Parse and check a request body; `job_id` and `quota` come from the verified token, `defaults` from the
-    served model's settings (for the fields the body leaves out).
+    served model's settings and family (`model_defaults`, for the fields the body leaves out).
 
     Raises:
         LimitsExceeded: the body, image size, steps or image count is over this worker's or the caller's caps.
@@ -50,6 +51,13 @@ def parse_job(
         raise InvalidRequest(f"unknown scheduler {request.scheduler!r}; known: {', '.join(sorted(schedulers))}")
     check_limits(request, limits=caller_limits(limits, quota))
     return request
+
+
+def model_defaults(configured: ModelDefaults | None, *, family: Family) -> ModelDefaults:
+    """An alias's defaults: the operator's `model_defaults` where set, else its family's (size, guidance)."""
+    if configured is None:
+        return family.defaults
+    return family.defaults.model_copy(update=configured.model_dump(exclude_none=True))
 
 
 def with_model_defaults(request: GenerationRequest, defaults: ModelDefaults) -> GenerationRequest:

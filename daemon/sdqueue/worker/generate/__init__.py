@@ -6,11 +6,14 @@ from sdqueue.worker.generate._diffusers import load_generator, warm_up
 from sdqueue.worker.generate._runtime import describe_runtime, gpu_memory_probe, resolve_device
 from sdqueue.worker.generate._schedulers import SCHEDULERS
 from sdqueue.worker.generate._spec import BatchKey, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
+from sdqueue.worker.generate.families import FAMILIES, Family, family_of_unet
 from sdqueue.worker.generate.tiny import build_tiny_model, ensure_tiny_model
 
 __all__ = [
+    "FAMILIES",
     "SCHEDULERS",
     "BatchKey",
+    "Family",
     "GeneratedImages",
     "GenerationSpec",
     "ImageGenerator",
@@ -18,6 +21,7 @@ __all__ = [
     "build_tiny_model",
     "describe_runtime",
     "ensure_tiny_model",
+    "family_of_unet",
     "gpu_memory_probe",
     "load_generator",
     "resolve_device",

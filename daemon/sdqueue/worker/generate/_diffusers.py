@@ -22,6 +22,7 @@ from sdqueue.worker.generate._invariant import make_batch_invariant
 from sdqueue.worker.generate._runtime import apply_threads, resolve_device, resolve_dtype
 from sdqueue.worker.generate._schedulers import compatible_names, make_scheduler
 from sdqueue.worker.generate._spec import GeneratedImages, GenerationSpec, ImageGenerator, batch_key
+from sdqueue.worker.generate.families import Family, family_of_unet
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,18 @@ class DiffusersGenerator:
             pipeline.set_progress_bar_config(disable=True)
         self._pipelines = pipelines
         self._device = device
+        # A compiled UNet still answers `.config` (torch's wrapper forwards attributes to the module).
+        self._family = family_of_unet(pipelines["txt2img"].unet.config)
         self._own_scheduler = pipelines["txt2img"].scheduler
         self._scheduler_names = compatible_names(self._own_scheduler)
 
     @property
     def scheduler_names(self) -> tuple[str, ...]:
         return self._scheduler_names
+
+    @property
+    def family(self) -> Family:
+        return self._family
 
     @property
     def memory_bytes(self) -> int:

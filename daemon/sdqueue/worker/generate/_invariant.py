@@ -7,8 +7,8 @@ On CPU, torch picks a kernel by the batch size in three places that a Stable Dif
   1x1 convolutions below batch 16 on one thread; everything else goes to oneDNN. oneDNN also keeps a
   channels-last input channels-last (the VAE's attention hands one over), the native kernel does not, and
   the two layouts then take different group-norm and oneDNN kernels downstream.
-- linear on a 2-D input (the UNet's timestep embedding, one row per image): MKL uses a matrix-vector kernel
-  for 1 row and other GEMM kernels for 2-5 and 8+ rows.
+- linear on a 2-D input (the UNet's timestep embedding, and SDXL's added embedding of pooled text and size ids;
+  one row per image): MKL uses a matrix-vector kernel for 1 row and other GEMM kernels for 2-5 and 8+ rows.
 - group_norm on a channels-last input with 2+ threads and H x W >= 1024 splits its sums over batch x pixels.
 
 Each kernel is exact for a given shape, so pinning one route per layer, whatever the batch, makes every

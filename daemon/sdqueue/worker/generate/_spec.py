@@ -9,6 +9,7 @@ from typing import Protocol
 from PIL import Image
 
 from sdqueue.contracts import Mode
+from sdqueue.worker.generate.families import Family
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +57,11 @@ class ImageGenerator(Protocol):
     @property
     def memory_bytes(self) -> int:
         """Bytes its weights take on the device; what the model memory budget counts."""
+        ...
+
+    @property
+    def family(self) -> Family:
+        """The model's family (known from its pipeline): its defaults and latent preview factors."""
         ...
 
     def release(self) -> None:

@@ -1,4 +1,5 @@
-"""A randomly initialised, seeded Stable Diffusion pipeline small enough for tests and offline development."""
+"""Randomly initialised, seeded Stable Diffusion pipelines (SD 1 and SDXL shapes) small enough for tests and
+offline development."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 MAX_TOKENS = 77
 _BOS = "<|startoftext|>"
@@ -28,10 +37,27 @@ SCHEDULER_CONFIG = {
     "steps_offset": 1,
     "clip_sample": False,
 }
+# SDXL base's scheduler (Euler, leading timesteps) on the same noise schedule.
+SDXL_SCHEDULER_CONFIG = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "interpolation_type": "linear",
+    "prediction_type": "epsilon",
+}
+SDXL_VAE_SCALING_FACTOR = 0.13025
+# SDXL conditions on six size and crop numbers, each embedded at this width; 6 x 32 keeps each image's activation a
+# multiple of 32 floats (see _invariant on elementwise tails).
+_TINY_SDXL_TIME_EMBED_DIM = 32
+_TINY_TEXT_WIDTH = 32
+TinyFamily = Literal["sd1", "sdxl"]
 
 
-def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
-    """Build the tiny model into `path` (created or overwritten) in diffusers format and return `path`.
+def build_tiny_model(path: Path, *, seed: int = 0, family: TinyFamily = "sd1") -> Path:
+    """Build the tiny model of `family` into `path` (created or overwritten) in diffusers format and return `path`.
 
     The same seed gives byte-identical weights.
     """
@@ -40,8 +66,18 @@ def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
     # Modules draw their initial weights from torch's global generator; fork it so the caller's stays as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        vae, text_encoder, unet = _build_vae(), _build_text_encoder(tokenizer), _build_unet()
+        if family == "sdxl":
+            return _build_tiny_sdxl(path, tokenizer=tokenizer)
+        vae, text_encoder, unet = _build_vae(), CLIPTextModel(_text_config(tokenizer)), _build_unet()
     return save_pipeline(path, unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+
+
+def _build_tiny_sdxl(path: Path, *, tokenizer: CLIPTokenizer) -> Path:
+    vae = _build_vae(scaling_factor=SDXL_VAE_SCALING_FACTOR)
+    text_encoders = (CLIPTextModel(_text_config(tokenizer)), CLIPTextModelWithProjection(_text_config(tokenizer)))
+    # The UNet attends to both encoders' states side by side and adds the second one's pooled projection.
+    unet = _build_sdxl_unet(text_width=2 * _TINY_TEXT_WIDTH, pooled_width=_TINY_TEXT_WIDTH)
+    return save_sdxl_pipeline(path, unet=unet, vae=vae, text_encoders=text_encoders, tokenizer=tokenizer)
 
 
 def save_pipeline(
@@ -62,6 +98,29 @@ def save_pipeline(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)  # type: ignore[attr-defined]  # diffusers' lazy module
+    make_readable(path)
+    return path
+
+
+def save_sdxl_pipeline(
+    path: Path,
+    *,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    text_encoders: tuple[CLIPTextModel, CLIPTextModelWithProjection],
+    tokenizer: CLIPTokenizer,
+) -> Path:
+    """Save the modules as an SDXL pipeline with SDXL's scheduler, one tokenizer serving both encoders."""
+    pipe = StableDiffusionXLPipeline(  # type: ignore[no-untyped-call]  # diffusers is partly annotated
+        vae=vae,
+        text_encoder=text_encoders[0],
+        text_encoder_2=text_encoders[1],
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),  # type: ignore[no-untyped-call]
     )
     pipe.save_pretrained(path, safe_serialization=True)  # type: ignore[attr-defined]  # diffusers' lazy module
     make_readable(path)
@@ -117,10 +176,10 @@ def _byte_symbols() -> list[str]:
     return [symbols[byte] for byte in range(256)]
 
 
-def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
+def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=_TINY_TEXT_WIDTH,
         intermediate_size=64,  # a multiple of 32: see _invariant on elementwise tails
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -128,9 +187,8 @@ def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        projection_dim=32,
+        projection_dim=_TINY_TEXT_WIDTH,
     )
-    return CLIPTextModel(config)
 
 
 def _build_unet() -> UNet2DConditionModel:
@@ -148,7 +206,27 @@ def _build_unet() -> UNet2DConditionModel:
     )
 
 
-def _build_vae() -> AutoencoderKL:
+def _build_sdxl_unet(*, text_width: int, pooled_width: int) -> UNet2DConditionModel:
+    """SDXL's UNet at tiny size: cross-attention over `text_width`, plus pooled text and six time ids added."""
+    return UNet2DConditionModel(  # type: ignore[no-untyped-call]  # diffusers is partly annotated
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=text_width,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_TINY_SDXL_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * _TINY_SDXL_TIME_EMBED_DIM + pooled_width,
+    )
+
+
+def _build_vae(*, scaling_factor: float = 0.18215) -> AutoencoderKL:
     return AutoencoderKL(  # type: ignore[no-untyped-call]  # diffusers is partly annotated
         block_out_channels=(32, 32, 64, 64),
         in_channels=3,
@@ -159,6 +237,7 @@ def _build_vae() -> AutoencoderKL:
         layers_per_block=1,
         norm_num_groups=32,
         sample_size=512,
+        scaling_factor=scaling_factor,
     )
 
 
