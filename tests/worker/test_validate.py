@@ -9,6 +9,7 @@ import pytest
 
 from sdqueue.config import LimitSettings, ModelDefaults
 from sdqueue.contracts import ErrorCode
+from sdqueue.contracts.errors import SdqueueError
 from sdqueue.worker.generate.families import SD1, SDXL
 from sdqueue.worker.validate import derive_seed, image_seeds, job_id_from_body, model_defaults, parse_job
 
