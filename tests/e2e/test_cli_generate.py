@@ -187,7 +187,7 @@ async def test_previews_show_on_the_bar_and_the_latest_is_kept_in_a_file(
     with Image.open(preview) as picture:
         assert picture.format == "WEBP"
         assert max(picture.size) <= 256
-    assert Path(_table(stdout)["path"]).exists()
+    assert Path(_table(stdout)["path"]) == (tmp_path / "p.png").resolve()
 
 
 async def test_hires_options_must_come_together(client: SdqueueClient, stack_settings: Settings, tmp_path: Path):
