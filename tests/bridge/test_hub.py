@@ -23,11 +23,12 @@ def preview(fill: str = "A") -> PreviewImage:
 
 
 def cached_preview_bytes(hub: EventHub, job_ids: list[str]) -> int:
-    return sum(
-        len(event.preview.data)
-        for job_id in job_ids
-        if isinstance(event := hub.latest(job_id), ProgressEvent) and event.preview
-    )
+    total = 0
+    for job_id in job_ids:
+        event = hub.latest(job_id)
+        if isinstance(event, ProgressEvent) and event.preview is not None:
+            total += len(event.preview.data)
+    return total
 
 
 async def test_followers_get_each_preview_and_the_cache_keeps_the_latest_one():
