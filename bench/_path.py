@@ -15,7 +15,7 @@ from bench._stack import txt2img_request, txt2img_spec
 from sdqueue.config import BatchSettings, LimitSettings
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.generate import ImageGenerator
-from sdqueue.worker.pipeline import encode_job, generation_spec
+from sdqueue.worker.pipeline import InputImages, encode_job, generation_spec
 from sdqueue.worker.validate import parse_job
 
 
@@ -31,7 +31,9 @@ async def worker_path_rate(generator: ImageGenerator, *, jobs: int, batch: int, 
             body, job_id=job_id, limits=limits, served_models=("default",), schedulers=generator.scheduler_names
         )
         generated = await batcher.generate(
-            generation_spec(request, None), on_step=lambda _step, _total: None, should_stop=lambda: False
+            generation_spec(request, InputImages(), limits=limits),
+            on_step=lambda _step, _total: None,
+            should_stop=lambda: False,
         )
         encoded = await asyncio.to_thread(encode_job, request, generated)
         return len(encoded)

@@ -188,7 +188,7 @@ async def test_a_bad_hires_or_preview_field_is_an_invalid_request(api: httpx.Asy
         response = await api.post("/v1/txt2img", json={"prompt": "x", **TINY, **extra}, headers=alice)
         assert_error(response, 400, "invalid_request")
     over_cap = await api.post(
-        "/v1/txt2img", json={"prompt": "x", **TINY, "hires": {"scale": 4, "steps": 2}}, headers=alice
+        "/v1/txt2img", json={"prompt": "x", **TINY, "width": 128, "hires": {"scale": 4, "steps": 2}}, headers=alice
     )
     assert_error(over_cap, 422, "limits_exceeded")
 

@@ -16,7 +16,14 @@ def txt2img(**fields: Any) -> dict[str, Any]:
 
 
 def img2img(**fields: Any) -> dict[str, Any]:
-    return txt2img(mode="img2img", init_image={"key": "inputs/job-1/init.png"}, **fields)
+    return txt2img(**{"mode": "img2img", "init_image": {"key": "inputs/job-1/init.png"}, **fields})
+
+
+def inpaint(**fields: Any) -> dict[str, Any]:
+    return img2img(**{"mode": "inpaint", "mask_image": {"key": "inputs/job-1/mask.png"}, **fields})
+
+
+HIRES = {"scale": 2, "steps": 10}
 
 
 def parse(body: dict[str, Any]) -> GenerationRequest:
@@ -45,6 +52,36 @@ def test_img2img_parses_with_a_key_or_inline_data():
 
 def test_effective_strength_defaults_to_three_quarters():
     assert parse(img2img()).effective_strength == 0.75
+
+
+def test_inpaint_parses_with_a_full_strength_and_no_blur_by_default():
+    request = parse(inpaint())
+    inline = parse(inpaint(mask_image={"data": "aGVsbG8="}, mask_blur=8, strength=0.6))
+
+    assert (request.effective_strength, request.effective_mask_blur) == (1.0, 0)
+    assert request.mask_image == InitImageKey(key="inputs/job-1/mask.png")
+    assert (inline.effective_strength, inline.effective_mask_blur) == (0.6, 8)
+    assert inline.mask_image == InitImageData(data="aGVsbG8=")
+
+
+@pytest.mark.parametrize(
+    ("size", "scale", "final"),
+    [((64, 64), 1, (64, 64)), ((64, 72), 1.5, (96, 104)), ((512, 768), 2, (1024, 1536)), ((64, 64), 1.3, (80, 80))],
+)
+def test_hires_output_size_is_scaled_and_rounded_down_to_a_multiple_of_8(
+    size: tuple[int, int], scale: float, final: tuple[int, int]
+):
+    request = parse(txt2img(width=size[0], height=size[1], hires={"scale": scale, "steps": 4}))
+
+    assert request.output_size == final
+    assert request.hires is not None
+    assert request.hires.strength == 0.5
+
+
+def test_previews_are_off_by_default_and_take_an_interval():
+    assert parse(txt2img()).previews is False
+    assert parse(txt2img(previews=True)).preview_interval_s is None
+    assert parse(img2img(previews=True, preview_interval_s=60)).preview_interval_s == 60
 
 
 @pytest.mark.parametrize(
@@ -85,7 +122,31 @@ def test_effective_strength_defaults_to_three_quarters():
         pytest.param(txt2img(width="64"), ("width",), id="width-as-string"),
         pytest.param(txt2img(width=512.0), ("width",), id="width-as-float"),
         pytest.param(txt2img(seed="7"), ("seed",), id="seed-as-string"),
-        pytest.param(txt2img(mode="inpaint"), ("mode",), id="unknown-mode"),
+        pytest.param(txt2img(mode="outpaint"), ("mode",), id="unknown-mode"),
+        pytest.param(txt2img(mode="inpaint", mask_image={"key": "k"}), (), id="inpaint-without-init-image"),
+        pytest.param(img2img(mode="inpaint"), (), id="inpaint-without-mask-image"),
+        pytest.param(img2img(mask_image={"key": "k"}), (), id="mask-image-on-img2img"),
+        pytest.param(txt2img(mask_image={"key": "k"}), (), id="mask-image-on-txt2img"),
+        pytest.param(img2img(mask_blur=4), (), id="mask-blur-on-img2img"),
+        pytest.param(txt2img(mask_blur=0), (), id="mask-blur-on-txt2img"),
+        pytest.param(inpaint(mask_blur=65), ("mask_blur",), id="mask-blur-65"),
+        pytest.param(inpaint(mask_blur=-1), ("mask_blur",), id="mask-blur-negative"),
+        pytest.param(inpaint(mask_image={"url": "http://x"}), ("mask_image",), id="mask-unknown-key"),
+        pytest.param(img2img(hires=HIRES), (), id="hires-on-img2img"),
+        pytest.param(inpaint(hires=HIRES), (), id="hires-on-inpaint"),
+        pytest.param(txt2img(hires={"scale": 0.5, "steps": 10}), ("hires", "scale"), id="hires-scale-under-1"),
+        pytest.param(txt2img(hires={"scale": 4.5, "steps": 10}), ("hires", "scale"), id="hires-scale-over-4"),
+        pytest.param(txt2img(hires={"scale": 2, "steps": 0}), ("hires", "steps"), id="hires-steps-0"),
+        pytest.param(txt2img(hires={"scale": 2, "steps": 151}), ("hires", "steps"), id="hires-steps-151"),
+        pytest.param(txt2img(hires={**HIRES, "strength": 0}), ("hires", "strength"), id="hires-strength-0"),
+        pytest.param(txt2img(hires={**HIRES, "strength": 1.5}), ("hires", "strength"), id="hires-strength-over-1"),
+        pytest.param(txt2img(hires={"scale": 2, "steps": 1}), ("hires",), id="hires-no-refine-step"),
+        pytest.param(txt2img(hires={**HIRES, "upscaler": "esrgan"}), ("hires", "upscaler"), id="hires-unknown-key"),
+        pytest.param(txt2img(preview_interval_s=1), (), id="preview-interval-without-previews"),
+        pytest.param(txt2img(previews=False, preview_interval_s=1), (), id="preview-interval-previews-false"),
+        pytest.param(txt2img(previews=True, preview_interval_s=0), ("preview_interval_s",), id="preview-interval-0"),
+        pytest.param(txt2img(previews=True, preview_interval_s=61), ("preview_interval_s",), id="preview-interval-61"),
+        pytest.param(txt2img(previews="yes"), ("previews",), id="previews-not-bool"),
         pytest.param(txt2img(output_format="gif"), ("output_format",), id="unknown-format"),
         pytest.param(txt2img(model="my model"), ("model",), id="alias-with-space"),
         pytest.param(txt2img(scheduler="Euler A"), ("scheduler",), id="scheduler-bad-name"),

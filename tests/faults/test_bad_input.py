@@ -49,6 +49,8 @@ ONE_MB = 1024 * 1024
 UNICODE_PROMPT = "🐶🎩 كلب يرتدي قبعة · כלב עם כובע 👨‍👩‍👧 — a dog"
 
 BodyMaker = Callable[[GenerationRequest], bytes]
+HIRES = {"scale": 2.0, "steps": 4}
+INLINE_PNG = {"data": base64.b64encode(b"\x89PNG not decoded: the body is refused first").decode()}
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -88,6 +90,38 @@ def _lone_surrogate(request: GenerationRequest) -> bytes:
         pytest.param(lambda r: body_with(r, prompt="x" * ONE_MB), ErrorCode.INVALID_REQUEST, id="1 MB prompt"),
         pytest.param(lambda r: body_with(r, prompt=""), ErrorCode.INVALID_REQUEST, id="empty prompt"),
         pytest.param(lambda r: body_with(r, mode="img2img"), ErrorCode.INVALID_REQUEST, id="img2img without image"),
+        pytest.param(
+            lambda r: body_with(r, mode="inpaint", init_image=INLINE_PNG),
+            ErrorCode.INVALID_REQUEST,
+            id="inpaint without mask",
+        ),
+        pytest.param(lambda r: body_with(r, mask_image=INLINE_PNG), ErrorCode.INVALID_REQUEST, id="mask on txt2img"),
+        pytest.param(lambda r: body_with(r, mask_blur=4), ErrorCode.INVALID_REQUEST, id="mask_blur on txt2img"),
+        pytest.param(
+            lambda r: body_with(r, mode="img2img", init_image=INLINE_PNG, hires=HIRES),
+            ErrorCode.INVALID_REQUEST,
+            id="hires on img2img",
+        ),
+        pytest.param(
+            lambda r: body_with(r, width=512, height=512, hires={**HIRES, "scale": 2.5}),
+            ErrorCode.LIMITS_EXCEEDED,
+            id="hires final size over the pixel cap",
+        ),
+        pytest.param(
+            lambda r: body_with(r, preview_interval_s=1.0),
+            ErrorCode.INVALID_REQUEST,
+            id="preview interval, no previews",
+        ),
+        pytest.param(
+            lambda r: body_with(r, previews=True, preview_interval_s=0.1),
+            ErrorCode.INVALID_REQUEST,
+            id="preview interval under the worker's minimum",
+        ),
+        pytest.param(
+            lambda r: body_with(r, previews=True, preview_interval_s=61.0),
+            ErrorCode.INVALID_REQUEST,
+            id="preview interval over 60 s",
+        ),
     ],
 )
 async def test_bad_body_is_reported_recorded_and_dead_lettered(

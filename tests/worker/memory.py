@@ -14,7 +14,7 @@ from PIL import Image
 from sdqueue.contracts import JobEvent, TerminalEvent
 from sdqueue.contracts.errors import StorageError
 from sdqueue.worker.consume import Delivery
-from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec
+from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, StepPreview
 from sdqueue.worker.generate.families import SD1
 from sdqueue.worker.ports import StoredRecord
 from sdqueue.worker.publish import PublishFailed
@@ -116,7 +116,8 @@ class RecordingWebhooks:
 
 @dataclass
 class SolidGenerator:
-    """Paints one solid image per seed (the seed picks the colour), reporting every step; `error` is raised instead."""
+    """Paints one solid image per seed (the seed picks the colour) at the final size, reporting every step, and a grey
+    8x8 preview at each step when the spec asks for previews; `error` is raised instead."""
 
     scheduler_names: tuple[str, ...] = ("ddim",)
     family: Family = SD1
@@ -129,6 +130,7 @@ class SolidGenerator:
         *,
         on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: Callable[[StepPreview], None] | None = None,
         rank: int = 0,
     ) -> GeneratedImages:
         self.calls.append(spec)
@@ -136,8 +138,11 @@ class SolidGenerator:
             raise self.error
         for step in range(1, spec.steps + 1):
             on_step(step, spec.steps)
+            if on_preview is not None and spec.preview_interval_s is not None:
+                on_preview(StepPreview(step=step, steps=spec.steps, image=Image.new("RGB", (8, 8), (128, 128, 128))))
             await asyncio.sleep(0)
-        images = [Image.new("RGB", (spec.width, spec.height), (seed % 256, 0, 0)) for seed in spec.seeds]
+        size = (spec.width, spec.height) if spec.hires is None else (spec.hires.width, spec.hires.height)
+        images = [Image.new("RGB", size, (seed % 256, 0, 0)) for seed in spec.seeds]
         return GeneratedImages(images=images, warnings=[])
 
 

@@ -6,17 +6,20 @@ The same behaviours run on real parts in tests/e2e (round trip, rejections, img2
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from PIL import Image
 from pydantic import SecretStr
 
 from sdqueue.client import new_job_id
 from sdqueue.client.tokens import mint_token
 from sdqueue.config import AuthSettings, Settings
-from sdqueue.contracts import ErrorCode, FailedEvent, GenerationRequest, SucceededEvent
-from sdqueue.contracts.topology import output_key
+from sdqueue.contracts import ErrorCode, FailedEvent, GenerationRequest, ProgressEvent, SucceededEvent
+from sdqueue.contracts.topology import input_key, mask_key, output_key
 from sdqueue.worker.consume import Delivery, Lane
 from sdqueue.worker.control import JobRegistry
 from sdqueue.worker.fairness import FairIntake, take_in
@@ -112,6 +115,34 @@ class Harness:
 
     def failure_codes(self) -> list[ErrorCode]:
         return [event.error.code for event in self.events.published if isinstance(event, FailedEvent)]
+
+    def failure_messages(self) -> list[str]:
+        return [event.error.message for event in self.events.published if isinstance(event, FailedEvent)]
+
+    def record_of(self, subject: str) -> str:
+        """A finished job of `subject`'s, with its output image in the store; returns the image's key."""
+        theirs, _ = self.delivery(subject=subject)
+        self.records.records[str(theirs.job_id)] = StoredRecord(
+            event=FailedEvent.model_validate(
+                {
+                    "job_id": theirs.job_id,
+                    "model": "default",
+                    "worker": "w",
+                    "attempt": 1,
+                    "error": {"code": "cancelled", "message": "x", "retryable": False},
+                }
+            ),
+            owner=Caller("sdqueue", subject),
+        )
+        key = output_key(str(theirs.job_id), 0, "png")
+        self.objects.objects[key] = _png((64, 64), "RGB")
+        return key
+
+
+def _png(size: tuple[int, int], mode: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, 255).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 async def test_a_verified_job_is_generated_uploaded_recorded_then_announced():
@@ -288,3 +319,125 @@ async def test_intake_moves_a_caller_over_its_share_to_the_overflow_lane_and_ack
     assert overflowed == [1]
     kept()
     assert intake.held(ALICE) == 0
+
+
+async def test_an_inpaint_job_loads_its_own_mask_upload_as_greyscale():
+    harness = Harness()
+    job_id = "inpaint-own-inputs"
+    harness.objects.objects[input_key(job_id, "png")] = _png((80, 48), "RGB")
+    harness.objects.objects[mask_key(job_id, "png")] = _png((80, 48), "RGBA")
+    delivery, verification = harness.delivery(
+        job_id=job_id,
+        mode="inpaint",
+        init_image={"key": input_key(job_id, "png")},
+        mask_image={"key": mask_key(job_id, "png")},
+        mask_blur=3,
+    )
+
+    assert await harness.path.settle_as(delivery, verification) == "ack"
+
+    [spec] = harness.generator.calls
+    assert spec.init_image is not None
+    assert spec.mask_image is not None
+    assert (spec.init_image.mode, spec.mask_image.mode, spec.mask_image.size) == ("RGB", "L", (80, 48))
+    assert (spec.strength, spec.mask_blur_px) == (1.0, 3)
+
+
+async def test_a_mask_key_of_the_callers_own_finished_job_is_allowed():
+    harness = Harness()
+    key = harness.record_of("alice")
+    delivery, verification = harness.delivery(
+        mode="inpaint", init_image={"data": base64.b64encode(_png((64, 64), "RGB")).decode()}, mask_image={"key": key}
+    )
+
+    assert await harness.path.settle_as(delivery, verification) == "ack"
+
+
+async def test_a_mask_key_of_another_callers_job_is_forbidden():
+    harness = Harness()
+    key = harness.record_of("mallory")
+    delivery, verification = harness.delivery(mode="inpaint", init_image={"key": key}, mask_image={"key": key})
+    own, own_verification = harness.delivery(
+        mode="inpaint",
+        init_image={"data": base64.b64encode(_png((64, 64), "RGB")).decode()},
+        mask_image={"key": key},
+    )
+
+    assert await harness.path.settle_as(delivery, verification) == "reject"
+    assert await harness.path.settle_as(own, own_verification) == "reject"
+
+    assert harness.failure_codes() == [ErrorCode.FORBIDDEN, ErrorCode.FORBIDDEN]
+    assert harness.failure_messages()[1].startswith("mask_image.key must be under inputs/<job_id>/")
+    assert harness.generator.calls == []
+
+
+async def test_a_mask_key_under_another_jobs_inputs_is_forbidden_and_a_missing_one_invalid():
+    harness = Harness()
+    inline = {"data": base64.b64encode(_png((64, 64), "RGB")).decode()}
+    elsewhere, elsewhere_verification = harness.delivery(
+        mode="inpaint", init_image=inline, mask_image={"key": "inputs/someone-else/mask.png"}
+    )
+    missing, missing_verification = harness.delivery(
+        job_id="mask-missing", mode="inpaint", init_image=inline, mask_image={"key": mask_key("mask-missing", "png")}
+    )
+
+    await harness.path.settle_as(elsewhere, elsewhere_verification)
+    await harness.path.settle_as(missing, missing_verification)
+
+    assert harness.failure_codes() == [ErrorCode.FORBIDDEN, ErrorCode.INVALID_IMAGE]
+    assert harness.failure_messages()[1] == "mask_image key does not exist in the bucket"
+
+
+async def test_previews_ride_on_progress_events_before_the_result():
+    harness = Harness()
+    delivery, verification = harness.delivery(previews=True, preview_interval_s=1)
+
+    assert await harness.path.settle_as(delivery, verification) == "ack"
+
+    [spec] = harness.generator.calls
+    assert spec.preview_interval_s == 1
+    previews = [e.preview for e in harness.events.published if isinstance(e, ProgressEvent) and e.preview is not None]
+    assert len(previews) == 3  # the in-memory generator sends one per step
+    picture = Image.open(io.BytesIO(base64.b64decode(previews[0].data)))
+    assert (picture.format, picture.size) == ("WEBP", (previews[0].width, previews[0].height))
+    assert harness.events.types[-1] == "succeeded"
+
+
+async def test_previews_default_to_the_workers_minimum_interval_and_are_off_unless_asked():
+    harness = Harness(limits={"min_preview_interval_s": 2.5})
+    delivery, verification = harness.delivery(previews=True)
+    plain, plain_verification = harness.delivery()
+
+    await harness.path.settle_as(delivery, verification)
+    await harness.path.settle_as(plain, plain_verification)
+
+    assert [spec.preview_interval_s for spec in harness.generator.calls] == [2.5, None]
+    progress = [e for e in harness.events.published if isinstance(e, ProgressEvent)]
+    assert sum(e.preview is not None for e in progress) == 3
+
+
+async def test_a_preview_interval_under_the_workers_minimum_is_an_invalid_request():
+    harness = Harness(limits={"min_preview_interval_s": 2})
+    delivery, verification = harness.delivery(previews=True, preview_interval_s=1.5)
+
+    assert await harness.path.settle_as(delivery, verification) == "reject"
+
+    assert harness.failure_codes() == [ErrorCode.INVALID_REQUEST]
+    assert harness.generator.calls == []
+
+
+async def test_hires_runs_to_the_final_size_and_the_pixel_cap_applies_to_it():
+    harness = Harness(limits={"max_pixels": 128 * 128})
+    fits, fits_verification = harness.delivery(hires={"scale": 2, "steps": 4, "strength": 0.5})
+    over, over_verification = harness.delivery(hires={"scale": 2.5, "steps": 4})
+
+    assert await harness.path.settle_as(fits, fits_verification) == "ack"
+    assert await harness.path.settle_as(over, over_verification) == "reject"
+
+    succeeded = next(e for e in harness.events.published if isinstance(e, SucceededEvent))
+    assert (succeeded.images[0].width, succeeded.images[0].height) == (128, 128)
+    [spec] = harness.generator.calls
+    assert spec.hires is not None
+    assert (spec.width, spec.hires.width, spec.hires.steps, spec.hires.strength) == (64, 128, 4, 0.5)
+    assert harness.failure_codes() == [ErrorCode.LIMITS_EXCEEDED]
+    assert harness.failure_messages() == ["160x160 is over the 16384 pixel cap"]

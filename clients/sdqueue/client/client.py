@@ -269,8 +269,14 @@ class SdqueueClient:
         return await storage.read_record(self._s3, s3=self._settings.s3, job_id=job_id)
 
     async def upload_init_image(self, job_id: str, data: bytes, *, extension: str) -> InitImageKey:
-        """Upload an init image for an img2img job and return its reference."""
+        """Upload an init image for an img2img or inpaint job and return its reference."""
         return await storage.upload_init_image(
+            self._s3, s3=self._settings.s3, job_id=job_id, data=data, extension=extension
+        )
+
+    async def upload_mask_image(self, job_id: str, data: bytes, *, extension: str) -> InitImageKey:
+        """Upload an inpaint job's mask (white repaints, black keeps) and return its reference for `mask_image`."""
+        return await storage.upload_mask_image(
             self._s3, s3=self._settings.s3, job_id=job_id, data=data, extension=extension
         )
 

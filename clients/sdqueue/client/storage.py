@@ -1,4 +1,4 @@
-"""The client's view of the bucket: upload init images, read result records, download images by URL."""
+"""The client's view of the bucket: upload init images and masks, read result records, download images by URL."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sdqueue import storage
 from sdqueue.config import S3Settings
 from sdqueue.contracts import ImageInfo, InitImageKey, TerminalEvent, parse_terminal_event
 from sdqueue.contracts.errors import StorageError, StorageUnavailable
-from sdqueue.contracts.topology import input_key, record_key
+from sdqueue.contracts.topology import input_key, mask_key, record_key
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -27,13 +27,27 @@ INIT_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jp
 async def upload_init_image(
     client: S3Client, *, s3: S3Settings, job_id: str, data: bytes, extension: str
 ) -> InitImageKey:
-    """Put an img2img init image at `inputs/<job_id>/init.<ext>` and return the reference a request carries.
+    """Put an img2img or inpaint init image at `inputs/<job_id>/init.<ext>` and return the reference a request carries.
 
     Raises:
         StorageError: the upload failed.
     """
-    key = input_key(job_id, extension)
-    content_type = INIT_CONTENT_TYPES.get(extension, "application/octet-stream")
+    return await _upload_input(client, s3=s3, key=input_key(job_id, extension), data=data)
+
+
+async def upload_mask_image(
+    client: S3Client, *, s3: S3Settings, job_id: str, data: bytes, extension: str
+) -> InitImageKey:
+    """Put an inpaint mask at `inputs/<job_id>/mask.<ext>` and return the reference a request carries.
+
+    Raises:
+        StorageError: the upload failed.
+    """
+    return await _upload_input(client, s3=s3, key=mask_key(job_id, extension), data=data)
+
+
+async def _upload_input(client: S3Client, *, s3: S3Settings, key: str, data: bytes) -> InitImageKey:
+    content_type = INIT_CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
     await storage.put_object(client, bucket=s3.bucket, key=key, data=data, content_type=content_type)
     return InitImageKey(key=key)
 

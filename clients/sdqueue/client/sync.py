@@ -68,6 +68,10 @@ class SyncClient:
         """See `SdqueueClient.upload_init_image`."""
         return self._run(self._client.upload_init_image(job_id, data, extension=extension))
 
+    def upload_mask_image(self, job_id: str, data: bytes, *, extension: str) -> InitImageKey:
+        """See `SdqueueClient.upload_mask_image`."""
+        return self._run(self._client.upload_mask_image(job_id, data, extension=extension))
+
     def wait_for_workers(self, model: str, *, timeout_s: float = 60.0) -> int:
         """See `SdqueueClient.wait_for_workers`."""
         return self._run(self._client.wait_for_workers(model, timeout_s=timeout_s))

@@ -8,10 +8,13 @@ from sdqueue.contracts import GenerationRequest, Quota
 
 def limit_violation(request: GenerationRequest, *, limits: LimitSettings) -> str | None:
     """Say which cap the request exceeds (a message safe to show the requester), or None if it fits."""
-    if request.width * request.height > limits.max_pixels:
-        return f"{request.width}x{request.height} is over the {limits.max_pixels} pixel cap"
+    width, height = request.output_size
+    if width * height > limits.max_pixels:
+        return f"{width}x{height} is over the {limits.max_pixels} pixel cap"
     if request.steps > limits.max_steps:
         return f"steps {request.steps} is over the cap of {limits.max_steps}"
+    if request.hires is not None and request.hires.steps > limits.max_steps:
+        return f"hires.steps {request.hires.steps} is over the cap of {limits.max_steps}"
     if request.num_images > limits.max_images:
         return f"num_images {request.num_images} is over the cap of {limits.max_images}"
     return None

@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sdqueue.contracts.request import (
+    MAX_PREVIEW_INTERVAL_S,
     MODEL_ALIAS_PATTERN,
     GuidanceScale,
     ImageSide,
@@ -206,6 +207,11 @@ class LimitSettings(_Group):
     )
     max_generate_s: PositiveFloat = Field(
         default=600.0, description="Time budget of one job's generation; past it the job fails `limits_exceeded`."
+    )
+    min_preview_interval_s: Annotated[float, Field(gt=0, le=MAX_PREVIEW_INTERVAL_S)] = Field(
+        default=0.5,
+        description="Shortest `preview_interval_s` a request may ask for (also the interval when it names none); "
+        "shorter is `invalid_request`. Each preview costs a latent decode on the generation thread.",
     )
 
 

@@ -13,6 +13,7 @@ from sdqueue.contracts.request import JobId, OutputFormat
 EventType = Literal["started", "progress", "succeeded", "failed", "cancelled"]
 TERMINAL_EVENT_TYPES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 CONTENT_TYPES: dict[OutputFormat, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+MAX_PREVIEW_SIDE_PX = 256
 
 
 def utc_now() -> datetime:
@@ -72,12 +73,25 @@ class StartedEvent(_Event):
     type: Literal["started"] = "started"
 
 
+class PreviewImage(BaseModel):
+    """A rough look at the images being denoised: a small WebP decoded cheaply from the latents."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    content_type: Literal["image/webp"] = "image/webp"
+    width: Annotated[int, Field(ge=1, le=MAX_PREVIEW_SIDE_PX)]
+    height: Annotated[int, Field(ge=1, le=MAX_PREVIEW_SIDE_PX)]
+    data: Annotated[str, Field(min_length=1, description="The WebP bytes, base64.")]
+
+
 class ProgressEvent(_Event):
-    """A denoising step finished; throttled to a few per second per job."""
+    """A denoising step finished; throttled to a few per second per job. With `previews: true` in the request,
+    some carry a preview (at most every `preview_interval_s`)."""
 
     type: Literal["progress"] = "progress"
     step: Annotated[int, Field(ge=0)]
     steps: Annotated[int, Field(ge=1)]
+    preview: PreviewImage | None = None
 
 
 class SucceededEvent(_Event):

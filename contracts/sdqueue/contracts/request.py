@@ -13,6 +13,10 @@ MODEL_ALIAS_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 MAX_SEED = 2**32 - 1
 MAX_METADATA_ENTRIES = 16
 MAX_CALLBACK_URL_LENGTH = 2048
+MAX_MASK_BLUR_PX = 64
+MAX_PREVIEW_INTERVAL_S = 60.0
+# The contract's default strength per mode that takes one: img2img keeps most of the init image, inpaint repaints.
+DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.75, "inpaint": 1.0}
 # An object key: segments joined by single slashes, no leading slash, no `..` anywhere, no control characters.
 _KEY_CHAR = r"[^/.\x00-\x1f\x7f-\x9f]"
 _KEY_SEGMENT = rf"(?:{_KEY_CHAR}|\.{_KEY_CHAR})+\.?"
@@ -20,7 +24,7 @@ INIT_KEY_PATTERN = rf"^{_KEY_SEGMENT}(?:/{_KEY_SEGMENT})*$"
 
 JobId = Annotated[str, StringConstraints(pattern=JOB_ID_PATTERN)]
 ModelAlias = Annotated[str, StringConstraints(pattern=MODEL_ALIAS_PATTERN)]
-Mode = Literal["txt2img", "img2img"]
+Mode = Literal["txt2img", "img2img", "inpaint"]
 OutputFormat = Literal["png", "webp", "jpeg"]
 # Field types shared with whatever else states or narrows them (per-model defaults, quotas, the bridge's bodies).
 Prompt = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
@@ -39,10 +43,39 @@ CallbackUrl = Annotated[
 
 
 # The JSON Schema form of `_check_shape`'s mode rules, so that the generated schema says what the model enforces.
+_ABSENT: JsonValue = {"type": "null"}
+_PRESENT: JsonValue = {"not": {"type": "null"}}
+
+
+def _when_mode(mode: str, then: dict[str, JsonValue]) -> JsonValue:
+    return {"if": {"properties": {"mode": {"const": mode}}, "required": ["mode"]}, "then": then}
+
+
 _MODE_RULES_SCHEMA: dict[str, JsonValue] = {
-    "if": {"properties": {"mode": {"const": "img2img"}}, "required": ["mode"]},
-    "then": {"required": ["init_image"], "properties": {"init_image": {"not": {"type": "null"}}}},
-    "else": {"properties": {"init_image": {"type": "null"}, "strength": {"type": "null"}}},
+    "allOf": [
+        _when_mode(
+            "txt2img",
+            {"properties": {name: _ABSENT for name in ("init_image", "strength", "mask_image", "mask_blur")}},
+        ),
+        _when_mode(
+            "img2img",
+            {
+                "required": ["init_image"],
+                "properties": {"init_image": _PRESENT, "mask_image": _ABSENT, "mask_blur": _ABSENT, "hires": _ABSENT},
+            },
+        ),
+        _when_mode(
+            "inpaint",
+            {
+                "required": ["init_image", "mask_image"],
+                "properties": {"init_image": _PRESENT, "mask_image": _PRESENT, "hires": _ABSENT},
+            },
+        ),
+        {
+            "if": {"not": {"properties": {"previews": {"const": True}}, "required": ["previews"]}},
+            "then": {"properties": {"preview_interval_s": _ABSENT}},
+        },
+    ]
 }
 
 
@@ -62,8 +95,29 @@ class InitImageData(BaseModel):
     data: Annotated[str, StringConstraints(min_length=1)]
 
 
+class HiresFix(BaseModel):
+    """A second pass for txt2img: upscale by `scale` (Lanczos), then refine with img2img at the larger size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    scale: Annotated[float, Field(ge=1, le=4)]
+    steps: Steps
+    strength: Annotated[float, Field(gt=0, le=1)] = 0.5
+
+    @model_validator(mode="after")
+    def _check_refine_steps(self) -> Self:
+        if int(self.steps * self.strength) < 1:
+            raise ValueError("hires runs steps x strength refine steps, which must be at least 1")
+        return self
+
+
+def hires_size(width: int, height: int, *, scale: float) -> tuple[int, int]:
+    """The final size of a hires job: each side times `scale`, rounded down to a multiple of 8."""
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
 class GenerationRequest(BaseModel):
-    """One txt2img or img2img job. Unknown fields are rejected, never ignored."""
+    """One txt2img, img2img or inpaint job. Unknown fields are rejected, never ignored."""
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, strict=True, allow_inf_nan=False, json_schema_extra=_MODE_RULES_SCHEMA
@@ -84,6 +138,11 @@ class GenerationRequest(BaseModel):
     scheduler: SchedulerName | None = None
     strength: Annotated[float, Field(gt=0, le=1)] | None = None
     init_image: InitImageKey | InitImageData | None = None
+    mask_image: InitImageKey | InitImageData | None = None
+    mask_blur: Annotated[int, Field(ge=0, le=MAX_MASK_BLUR_PX)] | None = None
+    hires: HiresFix | None = None
+    previews: bool = False
+    preview_interval_s: Annotated[float, Field(gt=0, le=MAX_PREVIEW_INTERVAL_S)] | None = None
     output_format: OutputFormat = "png"
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_ENTRIES)] = Field(
         default_factory=dict
@@ -92,15 +151,48 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:
-        if self.mode == "img2img" and self.init_image is None:
-            raise ValueError("img2img needs init_image")
-        if self.mode == "txt2img" and (self.init_image is not None or self.strength is not None):
-            raise ValueError("init_image and strength are for img2img only")
+        problem = _mode_problem(self) or _preview_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
         if not math.isfinite(self.guidance_scale):
             raise ValueError("guidance_scale must be finite")
         return self
 
     @property
     def effective_strength(self) -> float:
-        """The img2img strength, with the contract's default of 0.75."""
-        return 0.75 if self.strength is None else self.strength
+        """The img2img or inpaint strength, with the contract's default for the mode (0.75 and 1.0)."""
+        return DEFAULT_STRENGTH.get(self.mode, 0.75) if self.strength is None else self.strength
+
+    @property
+    def effective_mask_blur(self) -> int:
+        """The inpaint mask blur in pixels, 0 when unset."""
+        return self.mask_blur or 0
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """Width and height of the images the job returns: after the hires pass, if there is one."""
+        if self.hires is None:
+            return self.width, self.height
+        return hires_size(self.width, self.height, scale=self.hires.scale)
+
+
+def _mode_problem(request: GenerationRequest) -> str | None:
+    """Which field the request's mode needs or forbids, or None when the fields fit the mode."""
+    has_mask_fields = request.mask_image is not None or request.mask_blur is not None
+    if request.mode == "txt2img" and (request.init_image is not None or request.strength is not None):
+        return "init_image and strength are for img2img and inpaint only"
+    if request.mode != "txt2img" and request.init_image is None:
+        return f"{request.mode} needs init_image"
+    if request.mode != "inpaint" and has_mask_fields:
+        return "mask_image and mask_blur are for inpaint only"
+    if request.mode == "inpaint" and request.mask_image is None:
+        return "inpaint needs mask_image"
+    if request.mode != "txt2img" and request.hires is not None:
+        return "hires is for txt2img only"
+    return None
+
+
+def _preview_problem(request: GenerationRequest) -> str | None:
+    if request.preview_interval_s is not None and not request.previews:
+        return "preview_interval_s needs previews: true"
+    return None

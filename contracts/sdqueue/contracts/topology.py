@@ -99,6 +99,11 @@ def input_key(job_id: str, extension: str) -> str:
     return f"inputs/{job_id}/init.{extension}"
 
 
+def mask_key(job_id: str, extension: str) -> str:
+    """Object key under which a client uploads an inpaint job's mask (white repaints, black keeps)."""
+    return f"inputs/{job_id}/mask.{extension}"
+
+
 def record_key(job_id: str) -> str:
     """Object key of a job's result record: its terminal event."""
     return f"jobs/{job_id}.json"

@@ -16,7 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sdqueue.config import BatchSettings
-from sdqueue.worker.generate import BatchKey, Family, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
+from sdqueue.worker.generate import (
+    BatchKey,
+    Family,
+    GeneratedImages,
+    GenerationSpec,
+    ImageGenerator,
+    StepPreview,
+    batch_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,7 @@ class _Item:
     spec: GenerationSpec
     on_step: Callable[[int, int], None]
     should_stop: Callable[[], bool]
+    on_preview: Callable[[StepPreview], None] | None
     future: asyncio.Future[GeneratedImages]
     rank: int
     queued_at: float
@@ -38,8 +47,9 @@ class _Item:
 
     @property
     def pixel_steps(self) -> int:
-        spec = self.spec
-        return spec.width * spec.height * spec.steps * len(spec.seeds)
+        spec, hires = self.spec, self.spec.hires
+        refine = 0 if hires is None else hires.width * hires.height * hires.steps
+        return (spec.width * spec.height * spec.steps + refine) * len(spec.seeds)
 
 
 class Batcher:
@@ -78,9 +88,11 @@ class Batcher:
         *,
         on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: Callable[[StepPreview], None] | None = None,
         rank: int = 0,
     ) -> GeneratedImages:
-        """Queue one job's spec and return its images once its batch has run; higher `rank` runs sooner.
+        """Queue one job's spec and return its images once its batch has run; higher `rank` runs sooner. Its
+        previews (of its own images only) go to `on_preview`, on the generation thread.
 
         Raises:
             The generator's errors, for this job alone.
@@ -88,7 +100,13 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[GeneratedImages] = loop.create_future()
         item = _Item(
-            spec=spec, on_step=on_step, should_stop=should_stop, future=future, rank=rank, queued_at=loop.time()
+            spec=spec,
+            on_step=on_step,
+            should_stop=should_stop,
+            on_preview=on_preview,
+            future=future,
+            rank=rank,
+            queued_at=loop.time(),
         )
         self._arrivals.put_nowait(item)
         return await future
@@ -150,20 +168,9 @@ class Batcher:
     async def _run(self, batch: list[_Item]) -> None:
         if not batch:
             return
-
-        def on_step(step: int, total: int) -> None:
-            for item in batch:
-                item.on_step(step, total)
-
         if self._on_batch is not None:
             self._on_batch(sum(len(item.spec.seeds) for item in batch))
-        call = functools.partial(
-            self._generator.generate_batch,
-            [item.spec for item in batch],
-            on_step=on_step,
-            # One job cancelled keeps its neighbours going (its images are dropped); all stopped stops the call.
-            should_stop=lambda: all(item.should_stop() for item in batch),
-        )
+        call = functools.partial(self._generate_batch, batch)
         try:
             results = await asyncio.get_running_loop().run_in_executor(self._executor, call)
         except Exception as exc:
@@ -177,6 +184,26 @@ class Batcher:
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
+
+    def _generate_batch(self, batch: list[_Item]) -> list[GeneratedImages]:
+        """One pipeline call for the batch (on the generation thread), each job's callbacks getting its own share."""
+
+        def on_step(step: int, total: int) -> None:
+            for item in batch:
+                item.on_step(step, total)
+
+        def on_preview(index: int, preview: StepPreview) -> None:
+            send = batch[index].on_preview
+            if send is not None:
+                send(preview)
+
+        return self._generator.generate_batch(
+            [item.spec for item in batch],
+            on_step=on_step,
+            on_preview=on_preview,
+            # One job cancelled keeps its neighbours going (its images are dropped); all stopped stops the call.
+            should_stop=lambda: all(item.should_stop() for item in batch),
+        )
 
 
 def _settle(item: _Item, *, error: BaseException) -> None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from PIL import ExifTags, Image, PngImagePlugin
 
-from sdqueue.contracts import CONTENT_TYPES, OutputFormat
+from sdqueue.contracts import CONTENT_TYPES, OutputFormat, PreviewImage
 from sdqueue.contracts.errors import GenerationFailed
 
 LOSSY_QUALITY = 90
+PREVIEW_QUALITY = 60
 # EXIF UserComment with this 8-byte prefix holds UTF-16 text (the layout piexif and A1111 use).
 _EXIF_UNICODE_PREFIX = b"UNICODE\0"
 
@@ -60,8 +62,10 @@ def format_parameters(
     height: int,
     model: str,
     strength: float | None = None,
+    extras: Mapping[str, str] | None = None,
 ) -> str:
-    """Return the parameters text in the AUTOMATIC1111 layout that image viewers and web UIs read."""
+    """Return the parameters text in the AUTOMATIC1111 layout that image viewers and web UIs read; `extras` are
+    further fields after the usual ones."""
     fields = {
         "Steps": str(steps),
         "Sampler": sampler,
@@ -72,11 +76,19 @@ def format_parameters(
     }
     if strength is not None:
         fields["Denoising strength"] = f"{strength:g}"
+    fields |= extras or {}
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in fields.items()))
     return "\n".join(lines)
+
+
+def encode_preview(image: Image.Image) -> PreviewImage:
+    """A progress event's preview: the picture (at most 256 px on the long side) as a small lossy WebP, base64."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=PREVIEW_QUALITY)
+    return PreviewImage(width=image.width, height=image.height, data=base64.b64encode(buffer.getvalue()).decode())
 
 
 def _quote(value: str) -> str:

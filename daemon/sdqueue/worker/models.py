@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, ImageGenerator, PreviewCallback
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,10 @@ class CachedModel:
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> GeneratedImages:
-        return self._cache.get(self._alias).generate(spec, on_step=on_step, should_stop=should_stop)
+        model = self._cache.get(self._alias)
+        return model.generate(spec, on_step=on_step, should_stop=should_stop, on_preview=on_preview)
 
     def generate_batch(
         self,
@@ -136,5 +138,7 @@ class CachedModel:
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> list[GeneratedImages]:
-        return self._cache.get(self._alias).generate_batch(specs, on_step=on_step, should_stop=should_stop)
+        model = self._cache.get(self._alias)
+        return model.generate_batch(specs, on_step=on_step, should_stop=should_stop, on_preview=on_preview)

@@ -1,4 +1,4 @@
-"""One job through the stages: validate → claim → load input → generate → encode → upload → record → publish.
+"""One job through the stages: validate → claim → load inputs → generate → encode → upload → record → publish.
 
 The token was verified once at intake (`verify.verify_request`). `JobPath.settle_as` runs a delivery to its
 outcome and says how to settle it; `worker.py` owns the loop and the ack itself.
@@ -15,8 +15,16 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from sdqueue.config import Settings
-from sdqueue.contracts import GenerationRequest, ImageInfo, InitImageData, ProgressEvent, SucceededEvent
+from sdqueue.config import LimitSettings, Settings
+from sdqueue.contracts import (
+    GenerationRequest,
+    ImageInfo,
+    InitImageData,
+    InitImageKey,
+    PreviewImage,
+    ProgressEvent,
+    SucceededEvent,
+)
 from sdqueue.contracts.errors import (
     Cancelled,
     DeliveryLimitExceeded,
@@ -33,10 +41,10 @@ from sdqueue.worker.claim import claim_job, is_held_by_another
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry
-from sdqueue.worker.encode import EncodedImage, encode_images, format_parameters
+from sdqueue.worker.encode import EncodedImage, encode_images, encode_preview, format_parameters
 from sdqueue.worker.fairness import batch_rank
-from sdqueue.worker.generate import GeneratedImages, GenerationSpec
-from sdqueue.worker.inputs import INIT_KEY_FORBIDDEN, decode_inline_image, init_key_job, load_init_image
+from sdqueue.worker.generate import GeneratedImages, GenerationSpec, HiresPass, StepPreview
+from sdqueue.worker.inputs import InputField, decode_inline_image, input_key_job, key_forbidden, load_init_image
 from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.outcome import Outcomes
 from sdqueue.worker.ports import Generates, ObjectStore, Requeue
@@ -50,6 +58,16 @@ from sdqueue.worker.webhooks import check_callback_url
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
+# A progress update for the pump: step, steps and, now and then, a preview.
+ProgressItem = tuple[int, int, PreviewImage | None]
+
+
+@dataclass(frozen=True)
+class InputImages:
+    """A job's input pictures, loaded: the img2img or inpaint init image (RGB) and the inpaint mask (greyscale)."""
+
+    init: Image.Image | None = None
+    mask: Image.Image | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,10 +189,14 @@ class JobPath:
         ctx: JobContext,
         delivery: Delivery,
     ) -> None:
-        """Load input, generate, encode, upload, then record and publish the result."""
-        init_image = await self._init_image(request, ctx=ctx)
+        """Load inputs, generate, encode, upload, then record and publish the result."""
+        inputs = InputImages(
+            init=await self._input_image(request.init_image, field="init_image", ctx=ctx),
+            mask=await self._input_image(request.mask_image, field="mask_image", ctx=ctx),
+        )
         await self.outcomes.publish(ctx.started(), delivery=delivery)
-        generated = await self._generate(request, init_image, generator, stop=stop, ctx=ctx, delivery=delivery)
+        spec = generation_spec(request, inputs, limits=self.settings.limits)
+        generated = await self._generate(spec, generator, stop=stop, ctx=ctx, delivery=delivery)
         with ctx.phase("encode"):
             encoded = await asyncio.to_thread(encode_job, request, generated)
         with ctx.phase("upload"):
@@ -184,8 +206,10 @@ class JobPath:
         )
         await self.outcomes.record_and_publish(event, ctx=ctx, delivery=delivery)
 
-    async def _init_image(self, request: GenerationRequest, *, ctx: JobContext) -> Image.Image | None:
-        """Load the img2img init image, inline or from the bucket, as RGB.
+    async def _input_image(
+        self, reference: InitImageKey | InitImageData | None, *, field: InputField, ctx: JobContext
+    ) -> Image.Image | None:
+        """Load an input image (init image, inpaint mask), inline or from the bucket; None when the request has none.
 
         Raises:
             Forbidden: the key is not this job's input nor an output of the caller's own job.
@@ -193,30 +217,31 @@ class JobPath:
             StorageError: the bucket is unreachable.
         """
         limits = self.settings.limits
-        if request.init_image is None:
+        if reference is None:
             return None
-        if isinstance(request.init_image, InitImageData):
-            data = decode_inline_image(request.init_image.data, max_bytes=limits.max_inline_image_bytes)
+        if isinstance(reference, InitImageData):
+            data = decode_inline_image(reference.data, max_bytes=limits.max_inline_image_bytes, field=field)
         else:
-            await self._check_init_key(request.init_image.key, ctx=ctx)
-            data = await self._read_init_object(request.init_image.key)
-        return await asyncio.to_thread(load_init_image, data, limits=limits)
+            await self._check_input_key(reference.key, field=field, ctx=ctx)
+            data = await self._read_input_object(reference.key, field=field)
+        image = await asyncio.to_thread(load_init_image, data, limits=limits, field=field)
+        return image.convert("L") if field == "mask_image" else image
 
-    async def _check_init_key(self, key: str, *, ctx: JobContext) -> None:
+    async def _check_input_key(self, key: str, *, field: InputField, ctx: JobContext) -> None:
         """Allow this job's own inputs, and the outputs of a job whose record has the same owner.
 
         Raises:
             Forbidden: any other key (one message whether or not the object exists).
         """
-        source = init_key_job(key, job_id=ctx.job_id)
+        source = input_key_job(key, job_id=ctx.job_id, field=field)
         if source == ctx.job_id:
             return
         record = await self.outcomes.records.read(source)
         if record is None or record.owner != ctx.owner:
-            raise Forbidden(INIT_KEY_FORBIDDEN)
+            raise Forbidden(key_forbidden(field))
 
-    async def _read_init_object(self, key: str) -> bytes:
-        """Read an init image by key; a 4xx other than throttling is the key's fault, not an outage.
+    async def _read_input_object(self, key: str, *, field: InputField) -> bytes:
+        """Read an input image by key; a 4xx other than throttling is the key's fault, not an outage.
 
         Raises:
             InvalidImage: the object is missing or the bucket refused this key.
@@ -225,25 +250,31 @@ class JobPath:
         try:
             data = await self.objects.read(key, max_bytes=self.settings.limits.max_init_image_bytes)
         except StorageRefused as exc:
-            raise InvalidImage("init image key cannot be read") from exc
+            raise InvalidImage(f"{field} key cannot be read") from exc
         if data is None:
-            raise InvalidImage("init image key does not exist in the bucket")
+            raise InvalidImage(f"{field} key does not exist in the bucket")
         return data
 
     async def _generate(
         self,
-        request: GenerationRequest,
-        init_image: Image.Image | None,
+        spec: GenerationSpec,
         generator: Generates,
         *,
         stop: threading.Event,
         ctx: JobContext,
         delivery: Delivery,
     ) -> GeneratedImages:
-        """Run the model on the worker's single generation thread, publishing throttled progress meanwhile."""
+        """Run the model on the worker's single generation thread, publishing throttled progress (and previews, when
+        asked for) meanwhile."""
         loop = asyncio.get_running_loop()
-        steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
-        on_step = _throttled(lambda step, total: loop.call_soon_threadsafe(steps.put_nowait, (step, total)))
+        steps: asyncio.Queue[ProgressItem | None] = asyncio.Queue()
+        on_step = _throttled(lambda step, total: loop.call_soon_threadsafe(steps.put_nowait, (step, total, None)))
+
+        def on_preview(preview: StepPreview) -> None:
+            # Encoded here, on the generation thread: a preview is due at most every interval and is at most 256 px.
+            item = (preview.step, preview.steps, encode_preview(preview.image))
+            loop.call_soon_threadsafe(steps.put_nowait, item)
+
         pump = asyncio.create_task(self._pump_progress(steps, ctx=ctx, delivery=delivery))
         budget_s = self.settings.limits.max_generate_s
         deadline = time.monotonic() + budget_s
@@ -253,8 +284,9 @@ class JobPath:
 
         try:
             with ctx.phase("generate"):
-                spec = generation_spec(request, init_image)
-                generated = await generator.generate(spec, on_step=on_step, should_stop=should_stop, rank=ctx.rank)
+                generated = await generator.generate(
+                    spec, on_step=on_step, should_stop=should_stop, on_preview=on_preview, rank=ctx.rank
+                )
         except Cancelled as exc:
             # A cancel by the caller is a cancel even when it lands after the budget.
             if not stop.is_set() and time.monotonic() > deadline:
@@ -269,11 +301,14 @@ class JobPath:
         return generated
 
     async def _pump_progress(
-        self, steps: asyncio.Queue[tuple[int, int] | None], *, ctx: JobContext, delivery: Delivery
+        self, steps: asyncio.Queue[ProgressItem | None], *, ctx: JobContext, delivery: Delivery
     ) -> None:
         """Publish progress events until the sentinel arrives; a lost progress event is only logged."""
         while (item := await steps.get()) is not None:
-            event = ProgressEvent.model_validate({**ctx.event_fields(), "step": item[0], "steps": item[1]})
+            step, total, preview = item
+            event = ProgressEvent.model_validate(
+                {**ctx.event_fields(), "step": step, "steps": total, "preview": preview}
+            )
             try:
                 await self.outcomes.publish(event, delivery=delivery)
             except PublishFailed as exc:
@@ -293,8 +328,8 @@ def _throttled(send: Callable[[int, int], object]) -> Callable[[int, int], None]
     return on_step
 
 
-def generation_spec(request: GenerationRequest, init_image: Image.Image | None) -> GenerationSpec:
-    """What the model runs for a validated request: one seed per image, the init image already loaded."""
+def generation_spec(request: GenerationRequest, inputs: InputImages, *, limits: LimitSettings) -> GenerationSpec:
+    """What the model runs for a validated request: one seed per image, the input images already loaded."""
     return GenerationSpec(
         mode=request.mode,
         prompt=request.prompt,
@@ -306,8 +341,27 @@ def generation_spec(request: GenerationRequest, init_image: Image.Image | None) 
         seeds=image_seeds(request),
         scheduler=request.scheduler,
         strength=request.effective_strength,
-        init_image=init_image,
+        init_image=inputs.init,
+        mask_image=inputs.mask,
+        mask_blur_px=request.effective_mask_blur,
+        hires=hires_pass(request),
+        preview_interval_s=preview_interval_s(request, limits=limits),
     )
+
+
+def hires_pass(request: GenerationRequest) -> HiresPass | None:
+    """The hires fix's second pass at the request's final size, or None without one."""
+    if request.hires is None:
+        return None
+    width, height = request.output_size
+    return HiresPass(width=width, height=height, steps=request.hires.steps, strength=request.hires.strength)
+
+
+def preview_interval_s(request: GenerationRequest, *, limits: LimitSettings) -> float | None:
+    """How often the job gets a preview: its own interval, else the worker's minimum; None without previews."""
+    if not request.previews:
+        return None
+    return request.preview_interval_s or limits.min_preview_interval_s
 
 
 def encode_job(request: GenerationRequest, generated: GeneratedImages) -> list[EncodedImage]:
@@ -323,11 +377,27 @@ def encode_job(request: GenerationRequest, generated: GeneratedImages) -> list[E
             width=request.width,
             height=request.height,
             model=request.model,
-            strength=request.effective_strength if request.mode == "img2img" else None,
+            strength=request.effective_strength if request.mode != "txt2img" else None,
+            extras=parameter_extras(request),
         )
         for seed in image_seeds(request)
     ]
     return encode_images(generated.images, fmt=request.output_format, parameters=parameters)
+
+
+def parameter_extras(request: GenerationRequest) -> dict[str, str]:
+    """The hires and inpaint settings in the names AUTOMATIC1111 gives them (its Size is the first pass's)."""
+    extras: dict[str, str] = {}
+    if request.hires is not None:
+        extras |= {
+            "Denoising strength": f"{request.hires.strength:g}",
+            "Hires upscale": f"{request.hires.scale:g}",
+            "Hires steps": str(request.hires.steps),
+            "Hires upscaler": "Lanczos",
+        }
+    if request.mode == "inpaint":
+        extras["Mask blur"] = str(request.effective_mask_blur)
+    return extras
 
 
 async def upload_images(

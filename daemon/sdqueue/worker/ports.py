@@ -15,7 +15,7 @@ from sdqueue.worker.verify import Caller
 
 if TYPE_CHECKING:
     from sdqueue.worker.consume import Delivery
-    from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec
+    from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, StepPreview
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,9 @@ class Generates(Protocol):
         *,
         on_step: Callable[[int, int], None],
         should_stop: Callable[[], bool],
+        on_preview: Callable[[StepPreview], None] | None = None,
         rank: int = 0,
     ) -> GeneratedImages:
-        """Raises `Cancelled` when `should_stop` turned true before the images were done."""
+        """Previews go to `on_preview` (on the generation thread) as the spec asks.
+
+        Raises `Cancelled` when `should_stop` turned true before the images were done."""

@@ -32,7 +32,8 @@ def parse_job(
 
     Raises:
         LimitsExceeded: the body, image size, steps or image count is over this worker's or the caller's caps.
-        InvalidRequest: not UTF-8 JSON of the contract's shape, or an unknown scheduler.
+        InvalidRequest: not UTF-8 JSON of the contract's shape, an unknown scheduler, or a preview interval
+            shorter than this worker's minimum.
         UnknownModel: the alias is not served here.
         Forbidden: the caller's quota does not allow this model.
     """
@@ -49,6 +50,7 @@ def parse_job(
         request = with_model_defaults(request, defaults)
     if request.scheduler is not None and request.scheduler not in schedulers:
         raise InvalidRequest(f"unknown scheduler {request.scheduler!r}; known: {', '.join(sorted(schedulers))}")
+    check_preview_interval(request, limits=limits)
     check_limits(request, limits=caller_limits(limits, quota))
     return request
 
@@ -79,6 +81,17 @@ def check_limits(request: GenerationRequest, *, limits: LimitSettings) -> None:
     violation = limit_violation(request, limits=limits)
     if violation is not None:
         raise LimitsExceeded(violation)
+
+
+def check_preview_interval(request: GenerationRequest, *, limits: LimitSettings) -> None:
+    """Refuse previews more frequent than this worker decodes them.
+
+    Raises:
+        InvalidRequest: `preview_interval_s` is under `limits.min_preview_interval_s`.
+    """
+    interval_s = request.preview_interval_s
+    if interval_s is not None and interval_s < limits.min_preview_interval_s:
+        raise InvalidRequest(f"preview_interval_s must be at least {limits.min_preview_interval_s:g}")
 
 
 def job_id_from_body(body: bytes) -> str | None:

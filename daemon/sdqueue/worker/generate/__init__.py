@@ -5,7 +5,16 @@ from sdqueue.worker.generate import _quiet as _quiet
 from sdqueue.worker.generate._diffusers import load_generator, warm_up
 from sdqueue.worker.generate._runtime import describe_runtime, gpu_memory_probe, resolve_device
 from sdqueue.worker.generate._schedulers import SCHEDULERS
-from sdqueue.worker.generate._spec import BatchKey, GeneratedImages, GenerationSpec, ImageGenerator, batch_key
+from sdqueue.worker.generate._spec import (
+    BatchKey,
+    GeneratedImages,
+    GenerationSpec,
+    HiresPass,
+    ImageGenerator,
+    PreviewCallback,
+    StepPreview,
+    batch_key,
+)
 from sdqueue.worker.generate.families import FAMILIES, Family, family_of_unet
 from sdqueue.worker.generate.tiny import build_tiny_model, ensure_tiny_model
 
@@ -16,7 +25,10 @@ __all__ = [
     "Family",
     "GeneratedImages",
     "GenerationSpec",
+    "HiresPass",
     "ImageGenerator",
+    "PreviewCallback",
+    "StepPreview",
     "batch_key",
     "build_tiny_model",
     "describe_runtime",

@@ -1,4 +1,4 @@
-"""The diffusers backend: load a pipeline once, then run txt2img or img2img calls on it."""
+"""The diffusers backend: load a pipeline once, then run txt2img, img2img or inpaint calls on it."""
 
 from __future__ import annotations
 
@@ -12,16 +12,24 @@ import numpy as np
 import numpy.typing as npt
 import torch
 import transformers
-from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
-from PIL import Image
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
+from PIL import Image, ImageFilter
 
 from sdqueue.config.settings import RuntimeSettings
 from sdqueue.contracts import Mode
 from sdqueue.contracts.errors import Cancelled, GenerationFailed, InvalidRequest, OutOfMemory
 from sdqueue.worker.generate._invariant import make_batch_invariant
+from sdqueue.worker.generate._preview import SD1_LATENT_RGB_FACTORS, LatentRgbFactors, PreviewTap
 from sdqueue.worker.generate._runtime import apply_threads, resolve_device, resolve_dtype
 from sdqueue.worker.generate._schedulers import compatible_names, make_scheduler
-from sdqueue.worker.generate._spec import GeneratedImages, GenerationSpec, ImageGenerator, batch_key
+from sdqueue.worker.generate._spec import (
+    GeneratedImages,
+    GenerationSpec,
+    HiresPass,
+    ImageGenerator,
+    PreviewCallback,
+    batch_key,
+)
 from sdqueue.worker.generate.families import Family, family_of_unet
 
 log = logging.getLogger(__name__)
@@ -37,7 +45,8 @@ StopCheck = Callable[[], bool]
 
 
 def load_generator(source: str, *, runtime: RuntimeSettings) -> ImageGenerator:
-    """Load a diffusers model (local folder or Hub id) for txt2img and img2img on one set of weights; blocks."""
+    """Load a diffusers model (local folder or Hub id) for txt2img, img2img and inpaint on one set of weights;
+    blocks."""
     apply_threads(runtime)
     device = resolve_device(runtime)
     dtype = resolve_dtype(runtime, device=device)
@@ -53,7 +62,8 @@ def load_generator(source: str, *, runtime: RuntimeSettings) -> ImageGenerator:
                 make_batch_invariant(component)
     apply_speed_options(text2img, runtime=runtime)
     img2img = AutoPipelineForImage2Image.from_pipe(text2img)
-    return DiffusersGenerator({"txt2img": text2img, "img2img": img2img}, device=device)
+    inpaint = AutoPipelineForInpainting.from_pipe(text2img)
+    return DiffusersGenerator({"txt2img": text2img, "img2img": img2img, "inpaint": inpaint}, device=device)
 
 
 def apply_speed_options(pipeline: Any, *, runtime: RuntimeSettings) -> None:
@@ -107,7 +117,13 @@ def _warm_up_spec(runtime: RuntimeSettings, *, images: int) -> GenerationSpec:
 class DiffusersGenerator:
     """An ImageGenerator over diffusers pipelines that share their modules."""
 
-    def __init__(self, pipelines: dict[Mode, Any], *, device: torch.device) -> None:
+    def __init__(
+        self,
+        pipelines: dict[Mode, Any],
+        *,
+        device: torch.device,
+        latent_rgb_factors: LatentRgbFactors = SD1_LATENT_RGB_FACTORS,
+    ) -> None:
         for pipeline in pipelines.values():
             # from_pipe does not carry this setting over, so each pipeline gets it.
             pipeline.set_progress_bar_config(disable=True)
@@ -115,6 +131,7 @@ class DiffusersGenerator:
         self._device = device
         # A compiled UNet still answers `.config` (torch's wrapper forwards attributes to the module).
         self._family = family_of_unet(pipelines["txt2img"].unet.config)
+        self._latent_rgb_factors = latent_rgb_factors
         self._own_scheduler = pipelines["txt2img"].scheduler
         self._scheduler_names = compatible_names(self._own_scheduler)
 
@@ -141,17 +158,23 @@ class DiffusersGenerator:
             torch.cuda.empty_cache()
 
     def generate(
-        self, spec: GenerationSpec, *, on_step: StepCallback | None = None, should_stop: StopCheck | None = None
+        self,
+        spec: GenerationSpec,
+        *,
+        on_step: StepCallback | None = None,
+        should_stop: StopCheck | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> GeneratedImages:
-        """Return `len(spec.seeds)` images; for img2img the init image is first resized to width x height.
+        """Return `len(spec.seeds)` images; input images are first resized to width x height.
 
         Raises:
-            InvalidRequest: unknown scheduler, no seeds, or img2img without an image or with too few steps.
+            InvalidRequest: unknown scheduler, no seeds, or img2img or inpaint without its images or with too few
+                steps.
             Cancelled: `should_stop` returned true before the last step.
             OutOfMemory: the device ran out of memory.
             GenerationFailed: the pipeline rejected the input or produced non-finite pixels.
         """
-        return self.generate_batch([spec], on_step=on_step, should_stop=should_stop)[0]
+        return self.generate_batch([spec], on_step=on_step, should_stop=should_stop, on_preview=on_preview)[0]
 
     def generate_batch(
         self,
@@ -159,8 +182,10 @@ class DiffusersGenerator:
         *,
         on_step: StepCallback | None = None,
         should_stop: StopCheck | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> list[GeneratedImages]:
-        """Run specs that share a `batch_key` as one pipeline call; the images come back split per spec.
+        """Run specs that share a `batch_key` as one pipeline call (two with hires); the images come back split per
+        spec, inpaint ones with the init image kept exactly where the mask is black.
 
         Raises:
             The errors of `generate`, for the batch as a whole.
@@ -170,15 +195,44 @@ class DiffusersGenerator:
             raise ValueError("a batch mixes specs with different batch keys")
         pipeline = self._pipelines[first.mode]
         arguments = self._arguments(specs)
-        pipeline.scheduler = self._scheduler(first.scheduler)
         warnings = [_truncation_warnings(pipeline, spec) for spec in specs]
-        hook = _StepHook(on_step=on_step, should_stop=should_stop or _never)
+        hook = _StepHook(
+            on_step=on_step,
+            should_stop=should_stop or _never,
+            previews=self._preview_tap(specs, on_preview),
+            later_steps=_refine_steps(first.hires),
+        )
         if hook.should_stop():
             raise Cancelled("generation was stopped before it started")
+        images = self._pass(pipeline, arguments, hook=hook, scheduler=first.scheduler)
+        if first.hires is not None:
+            hook.next_pass(later_steps=0)
+            images = self._refine(specs, images, hires=first.hires, hook=hook)
+        if first.mode == "inpaint":
+            images = _keep_unmasked(images, arguments, specs)
+        return _split(images, specs, warnings)
+
+    def _pass(
+        self, pipeline: Any, arguments: dict[str, Any], *, hook: _StepHook, scheduler: str | None
+    ) -> list[Image.Image]:
+        pipeline.scheduler = self._scheduler(scheduler)
         pixels = _run(pipeline, arguments, hook)
         if hook.is_stopped:
             raise Cancelled("generation was stopped before it finished")
-        return _split(_to_images(pixels), specs, warnings)
+        return _to_images(pixels)
+
+    def _refine(
+        self, specs: Sequence[GenerationSpec], images: list[Image.Image], *, hires: HiresPass, hook: _StepHook
+    ) -> list[Image.Image]:
+        """The hires pass: Lanczos to the final size, then img2img from the same seeds."""
+        upscaled = [image.resize((hires.width, hires.height), Image.Resampling.LANCZOS) for image in images]
+        arguments = self._common_arguments(specs, steps=hires.steps) | {"image": upscaled, "strength": hires.strength}
+        return self._pass(self._pipelines["img2img"], arguments, hook=hook, scheduler=specs[0].scheduler)
+
+    def _preview_tap(self, specs: Sequence[GenerationSpec], on_preview: PreviewCallback | None) -> PreviewTap | None:
+        if on_preview is None or all(spec.preview_interval_s is None for spec in specs):
+            return None
+        return PreviewTap(specs, factors=self._latent_rgb_factors, on_preview=on_preview)
 
     def _scheduler(self, name: str | None) -> Any:
         if name is not None and name not in self._scheduler_names:
@@ -190,35 +244,57 @@ class DiffusersGenerator:
         if any(not spec.seeds for spec in specs):
             raise InvalidRequest("at least one seed (one image) is needed")
         first = specs[0]
+        arguments = self._common_arguments(specs, steps=first.steps)
+        size = {"width": first.width, "height": first.height}
+        if first.mode == "txt2img":
+            return arguments | size
+        images = _per_image(specs, _init_image)
+        if first.mode == "img2img":
+            return arguments | {"image": images, "strength": first.strength}
+        return (
+            arguments
+            | size
+            | {"image": images, "mask_image": _per_image(specs, _mask_image), "strength": first.strength}
+        )
+
+    def _common_arguments(self, specs: Sequence[GenerationSpec], *, steps: int) -> dict[str, Any]:
+        first = specs[0]
         negatives = [spec.negative_prompt for spec in specs for _ in spec.seeds]
-        arguments: dict[str, Any] = {
+        return {
             # One prompt and one generator per image: image i is computed from seeds[i] alone.
             "prompt": [spec.prompt for spec in specs for _ in spec.seeds],
             "negative_prompt": negatives if any(negatives) else None,
-            "num_inference_steps": first.steps,
+            "num_inference_steps": steps,
             "guidance_scale": first.guidance_scale,
             "num_images_per_prompt": 1,
             "generator": [torch.Generator(self._device).manual_seed(seed) for spec in specs for seed in spec.seeds],
             "output_type": "np",
         }
-        if first.mode == "txt2img":
-            return arguments | {"width": first.width, "height": first.height}
-        images = [_init_image(spec) for spec in specs for _ in spec.seeds]
-        return arguments | {"image": images, "strength": first.strength}
 
 
 class _StepHook:
-    """The pipeline's step-end callback: reports progress and raises the pipeline's interrupt flag on request."""
+    """The pipeline's step-end callback: reports progress over every pass, offers the latents for previews, and
+    raises the pipeline's interrupt flag on request."""
 
-    def __init__(self, *, on_step: StepCallback | None, should_stop: StopCheck) -> None:
+    def __init__(
+        self, *, on_step: StepCallback | None, should_stop: StopCheck, previews: PreviewTap | None, later_steps: int
+    ) -> None:
         self.on_step = on_step
         self.should_stop = should_stop
+        self.previews = previews
         self.is_stopped = False
+        self.done_before = 0  # steps of the passes already run
+        self.later_steps = later_steps  # steps of the passes still to run
+        self._pass_steps = 0
 
     def __call__(self, pipeline: Any, step_index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        done, total = step_index + 1, pipeline.num_timesteps
+        self._pass_steps = pipeline.num_timesteps
+        done = self.done_before + step_index + 1
+        total = self.done_before + pipeline.num_timesteps + self.later_steps
         if self.on_step is not None:
             self.on_step(done, total)
+        if self.previews is not None:
+            self.previews.offer(tensors["latents"], step=done, steps=total)
         # After the last step only decoding is left: finishing beats throwing the work away.
         if done < total and self.should_stop():
             # The pipeline skips the remaining steps, then decodes what it has; the caller discards that.
@@ -226,21 +302,59 @@ class _StepHook:
             self.is_stopped = True
         return tensors
 
+    def next_pass(self, *, later_steps: int) -> None:
+        """Count the pass just run as done before the next one."""
+        self.done_before += self._pass_steps
+        self.later_steps = later_steps
+
 
 def _never() -> bool:
     return False
 
 
+def _refine_steps(hires: HiresPass | None) -> int:
+    """The denoising steps of the hires pass, as img2img runs them (steps x strength)."""
+    return 0 if hires is None else min(int(hires.steps * hires.strength), hires.steps)
+
+
+def _per_image(specs: Sequence[GenerationSpec], prepare: Callable[[GenerationSpec], Image.Image]) -> list[Image.Image]:
+    """One prepared input per image: a spec's input is prepared once and shared by its seeds."""
+    return [image for spec in specs for image in [prepare(spec)] * len(spec.seeds)]
+
+
 def _init_image(spec: GenerationSpec) -> Image.Image:
     if spec.init_image is None:
-        raise InvalidRequest("img2img needs an init image")
+        raise InvalidRequest(f"{spec.mode} needs an init image")
     if int(spec.steps * spec.strength) < 1:
-        raise InvalidRequest("img2img runs steps x strength denoising steps, which must be at least 1")
-    image = spec.init_image.convert("RGB")
+        raise InvalidRequest(f"{spec.mode} runs steps x strength denoising steps, which must be at least 1")
+    return _to_output_size(spec.init_image.convert("RGB"), spec)
+
+
+def _mask_image(spec: GenerationSpec) -> Image.Image:
+    if spec.mask_image is None:
+        raise InvalidRequest("inpaint needs a mask image")
+    return _to_output_size(spec.mask_image.convert("L"), spec)
+
+
+def _to_output_size(image: Image.Image, spec: GenerationSpec) -> Image.Image:
     # The pipeline takes its output size from the image (floored to a multiple of 8), so we set it here.
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.Resampling.LANCZOS)
     return image
+
+
+def _keep_unmasked(
+    images: list[Image.Image], arguments: dict[str, Any], specs: Sequence[GenerationSpec]
+) -> list[Image.Image]:
+    """Put the init image back where the mask is black, so those pixels are the input's exactly, not the VAE's
+    round trip of them; `mask_blur_px` softens the seam."""
+    blurs_px = [spec.mask_blur_px for spec in specs for _ in spec.seeds]
+    return [
+        Image.composite(image, init, mask.filter(ImageFilter.GaussianBlur(blur_px)) if blur_px else mask)
+        for image, init, mask, blur_px in zip(
+            images, arguments["image"], arguments["mask_image"], blurs_px, strict=True
+        )
+    ]
 
 
 def _truncation_warnings(pipeline: Any, spec: GenerationSpec) -> list[str]:

@@ -13,8 +13,22 @@ from sdqueue.worker.generate.families import Family
 
 
 @dataclass(frozen=True, kw_only=True)
+class HiresPass:
+    """The txt2img hires fix: upscale to width x height (Lanczos), then refine with img2img from the same seeds."""
+
+    width: int
+    height: int
+    steps: int
+    strength: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class GenerationSpec:
-    """One call's worth of work: `len(seeds)` images of one prompt."""
+    """One call's worth of work: `len(seeds)` images of one prompt.
+
+    Inpaint repaints where `mask_image` is white and keeps the init image's pixels where it is black.
+    `preview_interval_s` asks for previews at most that often; None asks for none.
+    """
 
     mode: Mode
     prompt: str
@@ -27,15 +41,31 @@ class GenerationSpec:
     scheduler: str | None
     strength: float
     init_image: Image.Image | None
+    mask_image: Image.Image | None = None
+    mask_blur_px: int = 0
+    hires: HiresPass | None = None
+    preview_interval_s: float | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class StepPreview:
+    """A rough picture of one spec's images after `step` of `steps` (both passes counted for hires)."""
+
+    step: int
+    steps: int
+    image: Image.Image
+
+
+# Called on the generation thread with the spec's index in the batch and its preview.
+PreviewCallback = Callable[[int, StepPreview], None]
 BatchKey = tuple[object, ...]
 
 
 def batch_key(spec: GenerationSpec) -> BatchKey:
-    """Specs with equal keys can share one pipeline call: everything but prompts, seeds and init images matches."""
-    strength = spec.strength if spec.mode == "img2img" else None
-    return (spec.mode, spec.width, spec.height, spec.steps, spec.guidance_scale, spec.scheduler, strength)
+    """Specs with equal keys can share one pipeline call: everything but prompts, seeds, input images, mask blur and
+    previews matches."""
+    strength = spec.strength if spec.mode != "txt2img" else None
+    return (spec.mode, spec.width, spec.height, spec.steps, spec.guidance_scale, spec.scheduler, strength, spec.hires)
 
 
 @dataclass(frozen=True)
@@ -74,11 +104,13 @@ class ImageGenerator(Protocol):
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> GeneratedImages:
-        """Run the pipeline and return the images; blocks.
+        """Run the pipeline and return the images; blocks. Previews go to `on_preview` as the spec asks.
 
         Raises:
-            InvalidRequest: unknown scheduler, no seeds, or img2img without an image or with too few steps.
+            InvalidRequest: unknown scheduler, no seeds, or img2img or inpaint without its images or with too few
+                steps.
             Cancelled: `should_stop` returned true before the last step.
             OutOfMemory: the device ran out of memory.
             GenerationFailed: the pipeline rejected the input or produced non-finite pixels.
@@ -91,8 +123,10 @@ class ImageGenerator(Protocol):
         *,
         on_step: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> list[GeneratedImages]:
         """Run specs with one `batch_key` as one pipeline call (one generator per image); results in spec order.
+        Each spec's previews show its own images only.
 
         Raises:
             The errors of `generate`, for the batch as a whole.
