@@ -15,7 +15,7 @@ from PIL import Image
 from sdqueue.config import BatchSettings, RuntimeSettings
 from sdqueue.contracts.errors import GenerationFailed
 from sdqueue.worker.batching import Batcher
-from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, ImageGenerator
+from sdqueue.worker.generate import Family, GeneratedImages, GenerationSpec, ImageGenerator, StepPreview
 
 pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
 
@@ -105,6 +105,33 @@ async def test_compatible_jobs_share_one_call_and_match_lone_runs(tiny_generator
         assert len(result.images) == 2
         for lone_image, batched_image in zip(alone.images, result.images, strict=True):
             _assert_same_picture(lone_image, batched_image)
+
+
+async def test_jobs_with_and_without_previews_share_a_batch_and_each_previews_only_its_own_images(
+    tiny_generator: ImageGenerator,
+):
+    specs = [
+        _spec("two with previews", 1, seeds=(1, 2), preview_interval_s=60),
+        _spec("none", 3),
+        _spec("one with previews", 4, preview_interval_s=60),
+    ]
+    recording = RecordingGenerator(tiny_generator)
+    batcher = Batcher(recording, executor=ThreadPoolExecutor(max_workers=1), batching=BatchSettings(max_wait_s=0.2))
+    runner = asyncio.create_task(batcher.run())
+    previews: list[list[StepPreview]] = [[], [], []]
+    try:
+        await asyncio.gather(
+            *(
+                batcher.generate(spec, on_step=lambda *_: None, should_stop=lambda: False, on_preview=seen.append)
+                for spec, seen in zip(specs, previews, strict=True)
+            )
+        )
+    finally:
+        runner.cancel()
+
+    assert recording.calls == [["two with previews", "none", "one with previews"]]
+    # One preview each (the first step; the interval never passes): a 2-image grid, none, one 8x8 latent picture.
+    assert [[preview.image.size for preview in seen] for seen in previews] == [[(16, 8)], [], [(8, 8)]]
 
 
 async def test_incompatible_jobs_and_budget_split_batches(tiny_generator: ImageGenerator):
