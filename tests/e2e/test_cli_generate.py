@@ -11,6 +11,9 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 from sdqueue.client import SdqueueClient
 from sdqueue.config import Settings
 from sdqueue.devstack.stack import worker_environment
@@ -128,3 +131,70 @@ async def test_a_failed_job_exits_1_with_its_code(client: SdqueueClient, stack_s
     assert "invalid_request" in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "odd.png").exists()
+
+
+def _init_and_mask(tmp_path: Path) -> tuple[Path, Path]:
+    """A 64x64 init image and a mask that repaints its right half."""
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.radial_gradient("L").convert("RGB").resize((64, 64)).save(init)
+    half = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(half).rectangle((32, 0, 63, 63), fill=255)
+    half.save(mask)
+    return init, mask
+
+
+async def test_inpaint_keeps_the_black_half_of_the_init_image(
+    client: SdqueueClient, stack_settings: Settings, tmp_path: Path
+):
+    init, mask = _init_and_mask(tmp_path)
+    output = tmp_path / "inpainted.png"
+
+    result = _run_captured(
+        ["inpaint", str(init), str(mask), "a door", "-o", str(output), "--mask-blur", "0", "--seed", "4", *TWO_STEPS],
+        stack_settings,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert Path(_table(result.stdout)["path"]) == output.resolve()
+    kept = np.asarray(Image.open(output).convert("RGB"))[:, :32]
+    assert (kept == np.asarray(Image.open(init).convert("RGB"))[:, :32]).all()
+
+
+async def test_inpaint_refuses_an_unreadable_mask_before_sending(
+    client: SdqueueClient, stack_settings: Settings, tmp_path: Path
+):
+    init, _ = _init_and_mask(tmp_path)
+
+    result = _run_captured(["inpaint", str(init), str(tmp_path / "absent.png"), "x", *TWO_STEPS], stack_settings)
+
+    assert result.returncode == 1
+    assert "cannot read" in result.stderr
+    assert "absent.png" in result.stderr
+
+
+async def test_previews_show_on_the_bar_and_the_latest_is_kept_in_a_file(
+    client: SdqueueClient, stack_settings: Settings, tmp_path: Path
+):
+    preview = tmp_path / "live.webp"
+    argv = ["generate", "a harbour", "-o", str(tmp_path / "p.png"), "--previews", "--preview-file", str(preview)]
+
+    code, stdout, terminal = _run_on_terminal(
+        [*argv, "--width", "64", "--height", "64", "--steps", "3"], stack_settings
+    )
+
+    assert code == 0, terminal
+    assert re.search(r"preview \d+x\d+", terminal), terminal
+    with Image.open(preview) as picture:
+        assert picture.format == "WEBP"
+        assert max(picture.size) <= 256
+    assert Path(_table(stdout)["path"]) == (tmp_path / "p.png").resolve()
+
+
+async def test_hires_options_must_come_together(client: SdqueueClient, stack_settings: Settings, tmp_path: Path):
+    lone = _run_captured(["generate", "x", "--hires-scale", "2", *TWO_STEPS], stack_settings)
+    orphan = _run_captured(["generate", "x", "--preview-file", str(tmp_path / "p.webp"), *TWO_STEPS], stack_settings)
+
+    assert lone.returncode == 1
+    assert "--hires-steps" in lone.stderr
+    assert orphan.returncode == 1
+    assert "--preview-file needs --previews" in orphan.stderr

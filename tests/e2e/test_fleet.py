@@ -73,7 +73,7 @@ async def test_sdqueue_models_lists_the_fleet(isolated: IsolatedStack, isolated_
     listed = stdout.decode().splitlines()
 
     rows = {line.split()[0]: line.split()[1:] for line in listed if line.strip()}
-    assert rows["alpha"] == ["sd1", "one,two", "one,two"]
-    assert rows["beta"] == ["sd1", "two", "two"]
+    assert rows["alpha"] == ["sd1", "512x512@7.5", "one,two", "one,two"]
+    assert rows["beta"] == ["sd1", "512x512@7.5", "two", "two"]
     assert rows["one"][:2] == ["ready", "cpu"]
     assert rows["two"][-1] == "alpha,beta"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sdqueue.config import LimitSettings
+from sdqueue.contracts import FAMILY_DEFAULTS
 from sdqueue.worker.generate import FAMILIES, Family, family_of_unet
 from sdqueue.worker.generate.families import SD1, SD2, SDXL
 from sdqueue.worker.generate.sd15 import UNET_CONFIG as SD15_UNET
@@ -28,6 +29,13 @@ def test_each_family_has_its_native_defaults():
     assert sizes == {"sd1": (512, 512, 7.5), "sd2": (768, 768, 7.5), "sdxl": (1024, 1024, 5.0)}
 
 
+def test_the_worker_fills_requests_from_the_table_the_bridge_shows():
+    shown = {name: (d.width, d.height, d.guidance_scale) for name, d in FAMILY_DEFAULTS.items()}
+    filled = {name: (f.defaults.width, f.defaults.height, f.defaults.guidance_scale) for name, f in FAMILIES.items()}
+    assert filled == shown
+
+
 @pytest.mark.parametrize("family", FAMILIES.values(), ids=FAMILIES.keys())
 def test_family_defaults_fit_the_default_pixel_cap(family: Family):
-    assert family.width_px * family.height_px <= LimitSettings().max_pixels
+    native = FAMILY_DEFAULTS[family.name]
+    assert native.width * native.height <= LimitSettings().max_pixels

@@ -70,7 +70,7 @@ async def read_form(
             for name, value in form.multi_items():
                 if isinstance(value, UploadFile):
                     if name in files:
-                        images[name] = await read_upload(value, max_bytes=max_file_bytes)
+                        images[name] = await read_upload(value, name=name, max_bytes=max_file_bytes)
                 elif name not in files:
                     fields[name] = value
     except (MultiPartException, HTTPException) as exc:

@@ -15,7 +15,7 @@ from sdqueue.bridge._errors import error_responses
 from sdqueue.bridge._jobs import build_request, submit_job, wait_for_job
 from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import CompatImageForm, SignupBody, SignupDone, TextoBody
-from sdqueue.bridge._routes import client_address, submit_with_image
+from sdqueue.bridge._routes import client_address, submit_with_images
 from sdqueue.bridge._state import BridgeState, get_state
 from sdqueue.client import new_job_id
 from sdqueue.contracts import BridgeCode, ErrorCode
@@ -81,7 +81,7 @@ async def generar_imagen_imagen(
         "strength": COMPAT_STRENGTH,
         **_compat_size(state),
     }
-    row = await submit_with_image(fields, image, job_id=job_id, owner=user, state=state)
+    row = await submit_with_images(fields, {"init_image": image}, job_id=job_id, owner=user, state=state)
     return await _png_when_done(row, owner=user, state=state)
 
 

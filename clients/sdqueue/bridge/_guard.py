@@ -13,7 +13,7 @@ from sdqueue.config import BridgeSettings, LimitSettings, S3Settings
 from sdqueue.contracts import BridgeCode, ErrorCode
 
 # Routes whose bodies carry image files, and how many: their cap is that many images plus the form's other fields.
-UPLOAD_FILES: Mapping[str, int] = {"/v1/img2img": 1, "/generar-imagen-imagen": 1}
+UPLOAD_FILES: Mapping[str, int] = {"/v1/img2img": 1, "/v1/inpaint": 2, "/generar-imagen-imagen": 1}
 FORM_FIELDS_BYTES = 64 * 1024
 DOCS_PATHS = ("/docs", "/redoc")  # FastAPI's documentation pages load their script from a CDN, inline
 

@@ -7,8 +7,18 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.config import JsonDict
 
-from sdqueue.contracts import MAX_SEED, OutputFormat, TerminalEvent
-from sdqueue.contracts.request import GuidanceScale, ImageCount, NegativePrompt, Prompt, SchedulerName, Steps
+from sdqueue.contracts import MAX_SEED, FamilyDefaults, HiresFix, ModelFamily, OutputFormat, TerminalEvent
+from sdqueue.contracts.request import (
+    MAX_MASK_BLUR_PX,
+    MAX_PREVIEW_INTERVAL_S,
+    GuidanceScale,
+    ImageCount,
+    Mode,
+    NegativePrompt,
+    Prompt,
+    SchedulerName,
+    Steps,
+)
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -31,6 +41,8 @@ class GenerationParams(BaseModel):
     num_images: ImageCount = 1
     scheduler: SchedulerName | None = None
     output_format: OutputFormat = "png"
+    previews: bool = False
+    preview_interval_s: Annotated[float, Field(gt=0, le=MAX_PREVIEW_INTERVAL_S)] | None = None
 
 
 class Txt2ImgBody(GenerationParams):
@@ -38,10 +50,14 @@ class Txt2ImgBody(GenerationParams):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"prompt": "a dog with a hat", "width": 512, "height": 512, "steps": 25, "seed": 42}]
+            "examples": [
+                {"prompt": "a dog with a hat", "width": 512, "height": 512, "steps": 25, "seed": 42},
+                {"prompt": "a dog with a hat", "hires": {"scale": 2, "steps": 20}, "previews": True},
+            ]
         }
     )
 
+    hires: HiresFix | None = None
     metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] = Field(default_factory=dict)
 
 
@@ -52,6 +68,15 @@ class Img2ImgForm(GenerationParams):
     model_config = ConfigDict(extra="ignore")
 
     strength: Annotated[float, Field(gt=0, le=1)] = 0.75
+
+
+class InpaintForm(GenerationParams):
+    """`POST /v1/inpaint` form fields (the `image` and `mask` files travel next to them)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    strength: Annotated[float, Field(gt=0, le=1)] = 1.0
+    mask_blur: Annotated[int, Field(ge=0, le=MAX_MASK_BLUR_PX)] = 0
 
 
 class CompatImageForm(BaseModel):
@@ -129,12 +154,46 @@ class JobStatus(BaseModel):
 
     job_id: str
     status: JobState
-    mode: Literal["txt2img", "img2img"]
+    mode: Mode
     prompt: str
     created_at: AwareDatetime
     progress: Progress | None = None
     result: TerminalEvent | None = None
     links: JobLinks
+
+
+class ModelInfo(BaseModel):
+    """One model alias the fleet serves."""
+
+    alias: str
+    family: ModelFamily | None = Field(description="Null while no worker has loaded it, or workers disagree.")
+    defaults: FamilyDefaults | None = Field(description="What a request that leaves them out gets (the family's).")
+    schedulers: list[SchedulerName] | None = Field(description="Names every serving worker accepts; null if unknown.")
+    workers: int = Field(description="Workers that announced it in their latest heartbeat.")
+
+
+class ModelList(BaseModel):
+    """The model aliases live workers announce in their heartbeats."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "models": [
+                        {
+                            "alias": "default",
+                            "family": "sd1",
+                            "defaults": {"width": 512, "height": 512, "guidance_scale": 7.5},
+                            "schedulers": ["ddim", "euler", "pndm"],
+                            "workers": 2,
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    models: list[ModelInfo]
 
 
 class JobList(BaseModel):

@@ -1,4 +1,4 @@
-"""The `/token` and `/v1` routes: submit, follow, wait for, cancel and list a caller's jobs."""
+"""The `/token` and `/v1` routes: submit, follow, wait for, cancel and list a caller's jobs; list the served models."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sdqueue.bridge._accounts import Account, Throttled, WrongCredentials
 from sdqueue.bridge._auth import CurrentUser, issue_access_token
 from sdqueue.bridge._bodies import form_body, json_body, read_form, read_json
 from sdqueue.bridge._errors import error_responses
+from sdqueue.bridge._fleet import list_models
 from sdqueue.bridge._jobs import (
     build_request,
     cancel_job,
@@ -33,9 +34,11 @@ from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import (
     CancelAccepted,
     Img2ImgForm,
+    InpaintForm,
     JobAccepted,
     JobList,
     JobStatus,
+    ModelList,
     TokenResponse,
     Txt2ImgBody,
 )
@@ -45,12 +48,15 @@ from sdqueue.bridge._uploads import image_extension
 from sdqueue.client import new_job_id
 from sdqueue.contracts import BridgeCode, ErrorCode, InitImageKey, JobEvent
 from sdqueue.contracts.errors import BridgeError
-from sdqueue.contracts.topology import input_key
+from sdqueue.contracts.topology import input_key, mask_key
 
 State = Annotated[BridgeState, Depends(get_state)]
 JOB_ID_PATH = r"^[A-Za-z0-9_-]{1,64}$"
 JobId = Annotated[str, Path(pattern=JOB_ID_PATH, description="the job id the bridge assigned")]
 IMAGE_FILE = "init image: PNG, JPEG or WebP"
+MASK_FILE = "mask: PNG, JPEG or WebP; white is repainted, black is kept"
+# The request fields an uploaded image can fill: what errors call it, and the key it is stored under.
+UPLOADED_INPUTS = {"init_image": ("init image", input_key), "mask_image": ("mask", mask_key)}
 
 
 router = APIRouter()
@@ -91,6 +97,13 @@ async def img2img_body(request: Request, _: CurrentUser, state: State) -> tuple[
     return fields, images["image"]
 
 
+async def inpaint_body(request: Request, _: CurrentUser, state: State) -> tuple[InpaintForm, dict[str, bytes]]:
+    """`POST /v1/inpaint`'s form fields, image and mask, read once the caller is authenticated."""
+    return await read_form(
+        request, InpaintForm, files=("image", "mask"), max_file_bytes=state.settings.bridge.max_upload_bytes
+    )
+
+
 @router.post(
     "/v1/txt2img",
     status_code=202,
@@ -122,7 +135,27 @@ async def img2img(
     form, image = body
     job_id = new_job_id()
     fields = {**form.model_dump(exclude_unset=True), "mode": "img2img"}
-    await submit_with_image(fields, image, job_id=job_id, owner=user, state=state)
+    await submit_with_images(fields, {"init_image": image}, job_id=job_id, owner=user, state=state)
+    return accepted(job_id)
+
+
+@router.post(
+    "/v1/inpaint",
+    status_code=202,
+    response_model=JobAccepted,
+    tags=["jobs"],
+    responses=error_responses(400, 401, 404, 413, 422, 503),
+    openapi_extra=form_body(InpaintForm, files={"image": IMAGE_FILE, "mask": MASK_FILE}),
+)
+async def inpaint(
+    body: Annotated[tuple[InpaintForm, dict[str, bytes]], Depends(inpaint_body)], user: CurrentUser, state: State
+) -> JobAccepted:
+    """Queue an inpaint job: the `image` and `mask` files plus the request's fields as form fields."""
+    form, files = body
+    job_id = new_job_id()
+    fields = {**form.model_dump(exclude_unset=True), "mode": "inpaint"}
+    images = {"init_image": files["image"], "mask_image": files["mask"]}
+    await submit_with_images(fields, images, job_id=job_id, owner=user, state=state)
     return accepted(job_id)
 
 
@@ -131,29 +164,45 @@ def accepted(job_id: str) -> JobAccepted:
     return JobAccepted(job_id=job_id, links=job_links(job_id))
 
 
-async def submit_with_image(
-    fields: Mapping[str, object], image: bytes, *, job_id: str, owner: Account, state: BridgeState
+async def submit_with_images(
+    fields: Mapping[str, object], images: Mapping[str, bytes], *, job_id: str, owner: Account, state: BridgeState
 ) -> JobRow:
-    """Validate and route a job with an init image, then store the image and submit the job.
+    """Validate and route a job with uploaded images (request field -> bytes: `init_image`, `mask_image`), then store
+    the images and submit the job.
 
-    The image is stored only for a request that is valid, within the limits and routable, so a refused request
-    leaves nothing in the bucket; a publish that fails removes it again.
+    The images are stored only for a request that is valid, within the limits and routable, so a refused request
+    leaves nothing in the bucket; an upload or a publish that fails removes what was stored.
 
     Raises:
-        BridgeError: the request, the image or its routing is refused.
+        BridgeError: the request, an image or its routing is refused.
         SdqueueError: the bucket or the broker failed.
     """
-    extension = await image_extension(image, max_pixels=state.settings.limits.max_init_image_pixels)
-    reference = InitImageKey(key=input_key(job_id, extension))
-    request = build_request({**fields, "init_image": reference.model_dump()}, job_id=job_id)
+    max_pixels = state.settings.limits.max_init_image_pixels
+    extensions = {
+        field: await image_extension(data, what=UPLOADED_INPUTS[field][0], max_pixels=max_pixels)
+        for field, data in images.items()
+    }
+    references = {field: InitImageKey(key=UPLOADED_INPUTS[field][1](job_id, ext)) for field, ext in extensions.items()}
+    request = build_request({**fields, **{f: ref.model_dump() for f, ref in references.items()}}, job_id=job_id)
     check_limits(request, state=state)
     await check_routable(request, state=state)
-    await state.client.upload_init_image(job_id, image, extension=extension)
+    stored: list[InitImageKey] = []
     try:
+        for field, data in images.items():
+            upload = state.client.upload_mask_image if field == "mask_image" else state.client.upload_init_image
+            stored.append(references[field])  # before the put: a put that fails half-way may still leave an object
+            await upload(job_id, data, extension=extensions[field])
         return await submit_job(request, owner=owner, state=state)
     except BaseException:
-        await state.client.delete_init_image(reference)
+        for reference in stored:
+            await state.client.delete_init_image(reference)
         raise
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["models"], responses=error_responses(401))
+async def models(_: CurrentUser, state: State) -> ModelList:
+    """The model aliases live workers serve (from their heartbeats), each with its family's defaults."""
+    return list_models(state.hub.fleet.workers())
 
 
 @router.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=error_responses(400, 401, 503))

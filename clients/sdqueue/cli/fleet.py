@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from sdqueue.cli._output import format_table
 from sdqueue.client import SdqueueClient
 from sdqueue.config import load_settings
-from sdqueue.contracts import WorkerHeartbeat
+from sdqueue.contracts import FAMILY_DEFAULTS, WorkerHeartbeat
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,14 +28,15 @@ async def list_models(*, listen_s: float) -> int:
 
 
 def format_fleet(fleet: Sequence[WorkerHeartbeat]) -> str:
-    """A table of model aliases (family, who serves each, where it is loaded), then one of workers."""
+    """A table of model aliases (family and its defaults, who serves each, where it is loaded), then one of workers."""
     if not fleet:
         return "no worker heard from"
     aliases = sorted({alias for heartbeat in fleet for alias in heartbeat.models})
-    models = [["MODEL", "FAMILY", "SERVED BY", "LOADED ON"]] + [
+    models = [["MODEL", "FAMILY", "DEFAULTS", "SERVED BY", "LOADED ON"]] + [
         [
             alias,
             alias_families(fleet, alias),
+            family_defaults(alias_families(fleet, alias)),
             ",".join(h.worker for h in fleet if alias in h.models),
             ",".join(h.worker for h in fleet if alias in h.loaded) or "-",
         ]
@@ -51,3 +52,11 @@ def alias_families(fleet: Sequence[WorkerHeartbeat], alias: str) -> str:
     """The families workers report for `alias`: one, several (workers serve different sources) or `-` (unknown)."""
     families = sorted({h.families[alias] for h in fleet if alias in h.families})
     return ",".join(families) or "-"
+
+
+def family_defaults(family: str) -> str:
+    """A family's native size and guidance (`512x512@7.5`), or `-` for none or several."""
+    for name, defaults in FAMILY_DEFAULTS.items():
+        if name == family:
+            return f"{defaults.width}x{defaults.height}@{defaults.guidance_scale:g}"
+    return "-"

@@ -19,7 +19,14 @@ from sdqueue.contracts.events import (
     parse_terminal_event,
     utc_now,
 )
-from sdqueue.contracts.fleet import HEARTBEAT_PATTERN, ModelFamily, WorkerHeartbeat, heartbeat_routing_key
+from sdqueue.contracts.fleet import (
+    FAMILY_DEFAULTS,
+    HEARTBEAT_PATTERN,
+    FamilyDefaults,
+    ModelFamily,
+    WorkerHeartbeat,
+    heartbeat_routing_key,
+)
 from sdqueue.contracts.quota import QUOTA_CLAIM, Priority, Quota
 from sdqueue.contracts.request import (
     JOB_ID_PATTERN,
@@ -37,6 +44,7 @@ from sdqueue.contracts.tokens import AUDIENCE, SCOPE_ADMIN, SCOPE_CANCEL, SCOPE_
 __all__ = [
     "AUDIENCE",
     "CONTENT_TYPES",
+    "FAMILY_DEFAULTS",
     "HEARTBEAT_PATTERN",
     "JOB_ID_PATTERN",
     "MAX_SEED",
@@ -51,6 +59,7 @@ __all__ = [
     "ErrorCode",
     "ErrorInfo",
     "FailedEvent",
+    "FamilyDefaults",
     "GenerationRequest",
     "HiresFix",
     "ImageInfo",

@@ -8,11 +8,29 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from sdqueue.contracts.events import utc_now
-from sdqueue.contracts.request import ModelAlias
+from sdqueue.contracts.request import GuidanceScale, ImageSide, ModelAlias, SchedulerName
 
 HEARTBEAT_PATTERN = "worker.heartbeat.#"
 # The architecture a model was trained as, which fixes its native size and its latent space (see docs/operations.md).
 ModelFamily = Literal["sd1", "sd2", "sdxl"]
+
+
+class FamilyDefaults(BaseModel):
+    """The size and guidance a family's models were trained for: what a request that leaves them out gets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: ImageSide
+    height: ImageSide
+    guidance_scale: GuidanceScale
+
+
+# The one table of family defaults: the worker fills requests from it, the bridge's `/v1/models` shows it.
+FAMILY_DEFAULTS: dict[ModelFamily, FamilyDefaults] = {
+    "sd1": FamilyDefaults(width=512, height=512, guidance_scale=7.5),
+    "sd2": FamilyDefaults(width=768, height=768, guidance_scale=7.5),
+    "sdxl": FamilyDefaults(width=1024, height=1024, guidance_scale=5.0),
+}
 
 
 def heartbeat_routing_key(worker: str) -> str:
@@ -34,6 +52,9 @@ class WorkerHeartbeat(BaseModel):
     loaded: tuple[ModelAlias, ...] = Field(description="Aliases whose pipelines are in memory, most recent last.")
     families: dict[ModelAlias, ModelFamily] = Field(
         default_factory=dict, description="The family of each served alias, known from its loaded pipeline."
+    )
+    schedulers: dict[ModelAlias, tuple[SchedulerName, ...]] = Field(
+        default_factory=dict, description="The scheduler names each served alias accepts, known from its pipeline."
     )
     device: str
     in_flight: Annotated[int, Field(ge=0)]

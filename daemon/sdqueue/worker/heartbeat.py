@@ -38,6 +38,7 @@ async def heartbeats(
             models=models.aliases,
             loaded=models.loaded,
             families={alias: family.name for alias, family in models.families.items()},
+            schedulers=dict(models.scheduler_names),
             device=str(resolve_device(settings.runtime)),
             in_flight=len(in_flight),
             interval_s=settings.heartbeat_interval_s,

@@ -3,6 +3,9 @@
 // send the Authorization header and the bridge never accepts tokens in URLs.
 let token = null;
 let currentJob = null;
+let models = [];
+// The contract's default strength per mode: img2img keeps most of the init image, inpaint repaints the masked part.
+const DEFAULT_STRENGTH = { img2img: "0.75", inpaint: "1" };
 const $ = (id) => document.getElementById(id);
 
 async function api(path, options = {}) {
@@ -30,7 +33,7 @@ $("signin-form").addEventListener("submit", async (event) => {
     $("whoami").textContent = "signed in as " + $("username").value;
     $("job-form").hidden = false;
     $("history").hidden = false;
-    await loadHistory();
+    await Promise.all([loadModels(), loadHistory()]);
   } catch (error) {
     $("whoami").textContent = "sign-in failed: " + error.message;
     $("whoami").className = "error";
@@ -39,14 +42,56 @@ $("signin-form").addEventListener("submit", async (event) => {
 
 function numberOrNull(id) { const value = $(id).value; return value === "" ? null : Number(value); }
 
+// The models live workers announce; choosing one fills the size, guidance and schedulers its family suggests.
+async function loadModels() {
+  try {
+    models = (await (await api("/v1/models")).json()).models;
+  } catch (error) {
+    setStatus("could not list the models: " + error.message, true);
+    return;
+  }
+  const options = models.map((model) => {
+    const family = model.family ? model.family + ", " : "";
+    return new Option(model.alias + " (" + family + model.workers + " worker" + (model.workers === 1 ? ")" : "s)"), model.alias);
+  });
+  if (options.length > 0) $("model").replaceChildren(...options);
+  const preferred = models.find((model) => model.alias === "default") || models[0];
+  if (preferred) $("model").value = preferred.alias;
+  onModelChosen();
+}
+
+function onModelChosen() {
+  const model = models.find((candidate) => candidate.alias === $("model").value);
+  const names = model && model.schedulers ? model.schedulers : [];
+  $("scheduler").replaceChildren(new Option("the model's own", ""), ...names.map((name) => new Option(name, name)));
+  if (model && model.defaults) {
+    $("width").value = model.defaults.width;
+    $("height").value = model.defaults.height;
+    $("guidance").value = model.defaults.guidance_scale;
+  }
+}
+
+function onModeChosen() {
+  const mode = $("mode").value;
+  $("image-fields").hidden = mode === "txt2img";
+  $("mask-fields").hidden = mode !== "inpaint";
+  $("init").required = mode !== "txt2img";
+  $("mask").required = mode === "inpaint";
+  if (mode in DEFAULT_STRENGTH) $("strength").value = DEFAULT_STRENGTH[mode];
+}
+
+$("model").addEventListener("change", onModelChosen);
+$("mode").addEventListener("change", onModeChosen);
+
 async function submitJob() {
+  const mode = $("mode").value;
   const params = {
-    prompt: $("prompt").value, negative_prompt: $("negative").value,
+    model: $("model").value, prompt: $("prompt").value, negative_prompt: $("negative").value,
     width: numberOrNull("width"), height: numberOrNull("height"), steps: numberOrNull("steps"),
     guidance_scale: numberOrNull("guidance"), seed: numberOrNull("seed"),
+    scheduler: $("scheduler").value || null, previews: true,
   };
-  const init = $("init").files[0];
-  if (!init) {
+  if (mode === "txt2img") {
     return api("/v1/txt2img", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params),
     });
@@ -54,8 +99,11 @@ async function submitJob() {
   const form = new FormData();
   for (const [key, value] of Object.entries(params)) { if (value !== null) form.append(key, value); }
   form.append("strength", $("strength").value);
-  form.append("image", init);
-  return api("/v1/img2img", { method: "POST", body: form });
+  form.append("image", $("init").files[0]);
+  if (mode === "img2img") return api("/v1/img2img", { method: "POST", body: form });
+  form.append("mask_blur", $("mask-blur").value);
+  form.append("mask", $("mask").files[0]);
+  return api("/v1/inpaint", { method: "POST", body: form });
 }
 
 $("job-form").addEventListener("submit", async (event) => {
@@ -63,6 +111,8 @@ $("job-form").addEventListener("submit", async (event) => {
   $("run").hidden = false;
   $("result").innerHTML = "";
   $("progress").value = 0;
+  $("preview").hidden = true;
+  $("preview").removeAttribute("src");
   try {
     const accepted = await (await submitJob()).json();
     currentJob = accepted.job_id;
@@ -108,6 +158,7 @@ function onEvent(event) {
     $("progress").setAttribute("max", event.steps);
     $("progress").setAttribute("value", event.step);
     setStatus("step " + event.step + " / " + event.steps);
+    if (event.preview) showPreview(event.preview);
   }
   if (event.type === "succeeded") showResult(event);
   if (event.type === "failed" || event.type === "cancelled") setStatus(event.type + ": " + event.error.message, true);
@@ -116,8 +167,23 @@ function onEvent(event) {
 // Image URLs come from the bridge, signed from the record's keys; anything but http(s) is never linked.
 function safeUrl(url) { return /^https?:\/\//i.test(url) ? url : "about:blank"; }
 
+// A preview becomes a data: URL only as WebP and only from base64 characters, so nothing else can reach `src`.
+function previewUrl(preview) {
+  if (preview.content_type !== "image/webp" || !/^[A-Za-z0-9+/]+={0,2}$/.test(preview.data)) return null;
+  return "data:image/webp;base64," + preview.data;
+}
+
+function showPreview(preview) {
+  const url = previewUrl(preview);
+  if (url === null) return;
+  $("preview").src = url;
+  $("preview").title = "preview " + preview.width + "×" + preview.height;
+  $("preview").hidden = false;
+}
+
 function showResult(event) {
   $("progress").value = $("progress").max;
+  $("preview").hidden = true;
   setStatus("done in " + (event.timings.total || 0).toFixed(2) + " s");
   const result = $("result");
   result.innerHTML = "";

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdqueue.config import ModelDefaults
-from sdqueue.contracts import ModelFamily
+from sdqueue.contracts import FAMILY_DEFAULTS, ModelFamily
 
 LatentRgbFactors = tuple[
     tuple[float, float, float], tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]
@@ -36,46 +36,36 @@ SDXL_LATENT_RGB: LatentRgbFactors = (
 
 @dataclass(frozen=True, kw_only=True)
 class Family:
-    """A model family: the size and guidance its models were trained for, and a cheap latent preview.
+    """A model family: the size and guidance its models were trained for (`FAMILY_DEFAULTS`, which the bridge also
+    shows), and a cheap latent preview.
 
     A preview pixel is `latent @ latent_rgb + latent_rgb_bias` on the scaled latents the pipeline's step callback
     sees (channels x 1, per pixel), in -1 … 1: map it to 0 … 1 with `(x + 1) / 2`.
     """
 
     name: ModelFamily
-    width_px: int
-    height_px: int
-    guidance_scale: float
     latent_rgb: LatentRgbFactors
     latent_rgb_bias: tuple[float, float, float]
 
     @property
     def defaults(self) -> ModelDefaults:
         """The request fields this family fills when neither the body nor the operator's `model_defaults` do."""
-        return ModelDefaults(width=self.width_px, height=self.height_px, guidance_scale=self.guidance_scale)
+        native = FAMILY_DEFAULTS[self.name]
+        return ModelDefaults(width=native.width, height=native.height, guidance_scale=native.guidance_scale)
 
 
 SD1 = Family(
     name="sd1",
-    width_px=512,
-    height_px=512,
-    guidance_scale=7.5,
     latent_rgb=SD1_LATENT_RGB,
     latent_rgb_bias=(0.0, 0.0, 0.0),
 )
 SD2 = Family(
     name="sd2",
-    width_px=768,
-    height_px=768,
-    guidance_scale=7.5,
     latent_rgb=SD1_LATENT_RGB,
     latent_rgb_bias=(0.0, 0.0, 0.0),
 )
 SDXL = Family(
     name="sdxl",
-    width_px=1024,
-    height_px=1024,
-    guidance_scale=5.0,
     latent_rgb=SDXL_LATENT_RGB,
     latent_rgb_bias=(0.1084, -0.0175, -0.0011),
 )
