@@ -50,8 +50,6 @@ def parse_job(
         request = with_model_defaults(request, defaults)
     if request.scheduler is not None and request.scheduler not in schedulers:
         raise InvalidRequest(f"unknown scheduler {request.scheduler!r}; known: {', '.join(sorted(schedulers))}")
-    if request.adapters:
-        raise InvalidRequest("this worker does not apply adapters yet")
     check_preview_interval(request, limits=limits)
     check_limits(request, limits=caller_limits(limits, quota))
     return request
