@@ -134,18 +134,22 @@ def test_sdxl_takes_its_own_lora_and_embedding(tiny_sdxl_generator, adapters):
     assert np.array_equal(plain, _pixels(tiny_sdxl_generator, _spec("a <fox>")))
 
 
-def test_the_adapter_budget_evicts_the_least_recently_used_and_reloads_it(tiny_model_dir, adapters):
+def test_the_adapter_budget_evicts_the_least_recently_used_and_reloads_it(tiny_model_dir, tmp_path: Path):
+    # Rank 40 makes each file about 0.7 MB: a 1 MB budget holds one of them, not two.
+    first = _file(build_tiny_lora(tiny_model_dir, tmp_path / "first.safetensors", rank=40))
+    second = _file(build_tiny_lora(tiny_model_dir, tmp_path / "second.safetensors", seed=1, rank=40))
     runtime = RuntimeSettings(device="cpu", threads=2, warmup_steps=0, adapter_memory_mb=1)
     generator = load_generator(str(tiny_model_dir), runtime=runtime)
-    slots = generator._adapters  # type: ignore[attr-defined]
-    first, second = _file(adapters["lora"]), _file(adapters["other"])
-    size = adapters["lora"].stat().st_size
-    slots._budget_bytes = size + size // 2  # room for one tiny LoRA, not two
+    pipeline = generator._pipelines["txt2img"]  # type: ignore[attr-defined]
+
+    def loaded() -> set[str]:
+        return {name for names in pipeline.get_list_adapters().values() for name in names}
 
     once = _pixels(generator, _spec(adapters=(first,)))
+    assert loaded() == {f"sha256_{first.sha256[:32]}"}
     _pixels(generator, _spec(adapters=(second,)))
-    assert len(slots.lora_names) == 1
+    assert loaded() == {f"sha256_{second.sha256[:32]}"}
     again = _pixels(generator, _spec(adapters=(first,)))
 
     assert np.array_equal(once, again)
-    assert len(slots.lora_names) == 1
+    assert loaded() == {f"sha256_{first.sha256[:32]}"}

@@ -22,6 +22,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     tiny.add_argument("--model", type=Path, required=True, help="the tiny model's folder (sd1 or sdxl)")
     tiny.add_argument("--kind", choices=("lora", "embedding"), default="lora")
     tiny.add_argument("--format", choices=("peft", "kohya"), default="peft", help="LoRA key layout (default: peft)")
+    tiny.add_argument("--rank", type=int, default=4, help="LoRA rank: a larger file (default: 4)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(handler=build_tiny_adapter)
     put = adapters.add_parser("put", help="upload a safetensors file to adapters/<sha256>.safetensors")
@@ -36,7 +37,7 @@ def build_tiny_adapter(args: argparse.Namespace) -> int:
     if args.kind == "embedding":
         print(build_tiny_embedding(args.model, args.out, seed=args.seed))
     else:
-        print(build_tiny_lora(args.model, args.out, seed=args.seed, fmt=args.format))
+        print(build_tiny_lora(args.model, args.out, seed=args.seed, fmt=args.format, rank=args.rank))
     return 0
 
 

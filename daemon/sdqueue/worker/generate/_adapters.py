@@ -29,11 +29,6 @@ class AdapterSlots:
         self._loras: OrderedDict[str, int] = OrderedDict()  # name -> bytes, least recently used first
         self._embeddings: dict[str, str] = {}  # token -> sha256
 
-    @property
-    def lora_names(self) -> tuple[str, ...]:
-        """The loaded LoRAs, least recently used first."""
-        return tuple(self._loras)
-
     def apply(self, adapters: Sequence[AdapterFile]) -> None:
         """Load what is missing and activate exactly these adapters at their scales (LoRAs at 0 stay off).
 
