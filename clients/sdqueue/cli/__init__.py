@@ -6,12 +6,12 @@ import argparse
 import logging
 from collections.abc import Callable, Sequence
 
-from sdqueue.cli import bridge, contract, fleet, generate, services, tokens, users
+from sdqueue.cli import adapters, bridge, contract, fleet, generate, services, tokens, users
 from sdqueue.cli._output import print_error
 from sdqueue.contracts.errors import SdqueueError
 
 # Each group registers its own subcommands, in the order `sdqueue --help` lists them.
-COMMAND_GROUPS = (generate, tokens, services, fleet, contract, bridge, users)
+COMMAND_GROUPS = (generate, tokens, services, adapters, fleet, contract, bridge, users)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -280,6 +280,10 @@ class SdqueueClient:
             self._s3, s3=self._settings.s3, job_id=job_id, data=data, extension=extension
         )
 
+    async def upload_adapter(self, data: bytes) -> storage.StoredAdapter:
+        """Upload a safetensors adapter to `adapters/<sha256>.safetensors`; a request names its key and sha256."""
+        return await storage.upload_adapter(self._s3, s3=self._settings.s3, data=data)
+
     async def delete_init_image(self, reference: InitImageKey) -> None:
         """Remove an uploaded init image whose job was not queued after all (best effort)."""
         await storage.delete_init_image(self._s3, s3=self._settings.s3, reference=reference)

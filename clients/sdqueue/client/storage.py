@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from sdqueue import storage
 from sdqueue.config import S3Settings
 from sdqueue.contracts import ImageInfo, InitImageKey, TerminalEvent, parse_terminal_event
+from sdqueue.contracts.adapters import ADAPTER_KEY_PREFIX
 from sdqueue.contracts.errors import StorageError, StorageUnavailable
 from sdqueue.contracts.topology import input_key, mask_key, record_key
 
@@ -50,6 +52,26 @@ async def _upload_input(client: S3Client, *, s3: S3Settings, key: str, data: byt
     content_type = INIT_CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
     await storage.put_object(client, bucket=s3.bucket, key=key, data=data, content_type=content_type)
     return InitImageKey(key=key)
+
+
+@dataclass(frozen=True)
+class StoredAdapter:
+    """An adapter file in the bucket: the `key` and `sha256` a request's adapter entry names."""
+
+    key: str
+    sha256: str
+
+
+async def upload_adapter(client: S3Client, *, s3: S3Settings, data: bytes) -> StoredAdapter:
+    """Put an adapter file at `adapters/<sha256>.safetensors` (content-addressed: a re-upload changes nothing).
+
+    Raises:
+        StorageError: the upload failed.
+    """
+    sha256 = hashlib.sha256(data).hexdigest()
+    key = f"{ADAPTER_KEY_PREFIX}{sha256}.safetensors"
+    await storage.put_object(client, bucket=s3.bucket, key=key, data=data, content_type="application/octet-stream")
+    return StoredAdapter(key=key, sha256=sha256)
 
 
 async def delete_init_image(client: S3Client, *, s3: S3Settings, reference: InitImageKey) -> None:

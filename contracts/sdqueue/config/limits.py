@@ -17,6 +17,8 @@ def limit_violation(request: GenerationRequest, *, limits: LimitSettings) -> str
         return f"hires.steps {request.hires.steps} is over the cap of {limits.max_steps}"
     if request.num_images > limits.max_images:
         return f"num_images {request.num_images} is over the cap of {limits.max_images}"
+    if len(request.adapters) > limits.max_adapters:
+        return f"{len(request.adapters)} adapters is over the cap of {limits.max_adapters}"
     return None
 
 

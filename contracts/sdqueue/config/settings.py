@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sdqueue.contracts.adapters import ADAPTER_NAME_PATTERN, MAX_ADAPTERS
 from sdqueue.contracts.request import (
     MAX_PREVIEW_INTERVAL_S,
     MODEL_ALIAS_PATTERN,
@@ -208,6 +209,12 @@ class LimitSettings(_Group):
     max_generate_s: PositiveFloat = Field(
         default=600.0, description="Time budget of one job's generation; past it the job fails `limits_exceeded`."
     )
+    max_adapters: Annotated[int, Field(ge=0, le=MAX_ADAPTERS)] = Field(
+        default=4, description="Most adapters (LoRA, embeddings) in one request; 0 refuses adapters."
+    )
+    max_adapter_bytes: PositiveInt = Field(
+        default=512 * 1024 * 1024, description="Largest adapter file, read by key or from the adapter map."
+    )
     min_preview_interval_s: Annotated[float, Field(gt=0, le=MAX_PREVIEW_INTERVAL_S)] = Field(
         default=0.5,
         description="Shortest `preview_interval_s` a request may ask for (also the interval when it names none); "
@@ -243,6 +250,11 @@ class RuntimeSettings(_Group):
         default=None,
         description="Budget for loaded pipelines' weights; over it the least recently used model is unloaded. "
         "Unset: every served model stays loaded.",
+    )
+    adapter_memory_mb: PositiveInt = Field(
+        default=1024,
+        description="Budget for loaded adapters' weights per model; over it the least recently used is unloaded "
+        "(and loaded again on its next use).",
     )
 
 
@@ -439,6 +451,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Per-alias defaults for fields a request leaves out, as JSON: "
         '`{"xl": {"width": 1024, "height": 1024, "steps": 30, "scheduler": "dpmpp_2m"}}`.',
+    )
+    adapters: dict[Annotated[str, Field(pattern=ADAPTER_NAME_PATTERN)], Path] = Field(
+        default_factory=dict,
+        description="Named adapters a request may ask for by `name`: name -> local safetensors file "
+        "(its sha256 is checked on every load against the request's).",
     )
     shutdown_grace_s: PositiveFloat = Field(default=30.0, description="Time in-flight jobs get on SIGTERM.")
     heartbeat_interval_s: PositiveFloat = Field(

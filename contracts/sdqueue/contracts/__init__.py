@@ -1,5 +1,6 @@
 """The sdqueue wire contract: request, events, error codes, names. Shared by the worker and every client."""
 
+from sdqueue.contracts.adapters import MAX_ADAPTERS, AdapterKind, AdapterRef, AppliedAdapter
 from sdqueue.contracts.control import CancelCommand
 from sdqueue.contracts.errors import BridgeCode, ErrorCode, ErrorInfo
 from sdqueue.contracts.events import (
@@ -47,12 +48,16 @@ __all__ = [
     "FAMILY_DEFAULTS",
     "HEARTBEAT_PATTERN",
     "JOB_ID_PATTERN",
+    "MAX_ADAPTERS",
     "MAX_SEED",
     "QUOTA_CLAIM",
     "SCHEMA_VERSION",
     "SCOPE_ADMIN",
     "SCOPE_CANCEL",
     "SCOPE_GENERATE",
+    "AdapterKind",
+    "AdapterRef",
+    "AppliedAdapter",
     "BridgeCode",
     "CancelCommand",
     "CancelledEvent",

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from sdqueue.contracts.adapters import AppliedAdapter
 from sdqueue.contracts.errors import ErrorInfo
 from sdqueue.contracts.request import JobId, OutputFormat
 
@@ -101,6 +102,9 @@ class SucceededEvent(_Event):
     images: list[ImageInfo]
     timings: Timings
     warnings: list[str] = Field(default_factory=list)
+    adapters: list[AppliedAdapter] = Field(
+        default_factory=list, description="The adapters the images were generated with, as the request named them."
+    )
 
 
 class FailedEvent(_Event):

@@ -7,6 +7,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
+from sdqueue.contracts.adapters import MAX_ADAPTERS, AdapterRef
+
 SCHEMA_VERSION: Literal[1] = 1
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 MODEL_ALIAS_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -148,10 +150,11 @@ class GenerationRequest(BaseModel):
         default_factory=dict
     )
     callback_url: CallbackUrl | None = None
+    adapters: Annotated[list[AdapterRef], Field(max_length=MAX_ADAPTERS)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_shape(self) -> Self:
-        problem = _mode_problem(self) or _preview_problem(self)
+        problem = _mode_problem(self) or _preview_problem(self) or _adapter_problem(self)
         if problem is not None:
             raise ValueError(problem)
         if not math.isfinite(self.guidance_scale):
@@ -195,4 +198,15 @@ def _mode_problem(request: GenerationRequest) -> str | None:
 def _preview_problem(request: GenerationRequest) -> str | None:
     if request.preview_interval_s is not None and not request.previews:
         return "preview_interval_s needs previews: true"
+    return None
+
+
+def _adapter_problem(request: GenerationRequest) -> str | None:
+    """Refuse an adapter listed twice and two embeddings binding one token (which one would win is unclear)."""
+    sources = [adapter.source for adapter in request.adapters]
+    if len(set(sources)) != len(sources):
+        return "an adapter is listed twice"
+    tokens = [adapter.token for adapter in request.adapters if adapter.token is not None]
+    if len(set(tokens)) != len(tokens):
+        return "two embeddings bind the same token"
     return None

@@ -17,6 +17,7 @@ from PIL import Image
 
 from sdqueue.config import LimitSettings, Settings
 from sdqueue.contracts import (
+    AdapterRef,
     GenerationRequest,
     ImageInfo,
     InitImageData,
@@ -25,6 +26,7 @@ from sdqueue.contracts import (
     ProgressEvent,
     SucceededEvent,
 )
+from sdqueue.contracts.adapters import applied
 from sdqueue.contracts.errors import (
     Cancelled,
     DeliveryLimitExceeded,
@@ -37,13 +39,14 @@ from sdqueue.contracts.errors import (
     Unattributed,
 )
 from sdqueue.contracts.topology import output_key
+from sdqueue.worker.adapters import fetch_adapters
 from sdqueue.worker.claim import claim_job, is_held_by_another
 from sdqueue.worker.consume import Delivery
 from sdqueue.worker.context import JobContext
 from sdqueue.worker.control import JobRegistry
 from sdqueue.worker.encode import EncodedImage, encode_images, encode_preview, format_parameters
 from sdqueue.worker.fairness import batch_rank
-from sdqueue.worker.generate import GeneratedImages, GenerationSpec, HiresPass, StepPreview
+from sdqueue.worker.generate import AdapterFile, GeneratedImages, GenerationSpec, HiresPass, StepPreview
 from sdqueue.worker.inputs import InputField, decode_inline_image, input_key_job, key_forbidden, load_init_image
 from sdqueue.worker.metrics import WorkerMetrics
 from sdqueue.worker.outcome import Outcomes
@@ -194,15 +197,24 @@ class JobPath:
             init=await self._input_image(request.init_image, field="init_image", ctx=ctx),
             mask=await self._input_image(request.mask_image, field="mask_image", ctx=ctx),
         )
+        adapters = await fetch_adapters(
+            request.adapters, objects=self.objects, named=self.settings.adapters, limits=self.settings.limits
+        )
         await self.outcomes.publish(ctx.started(), delivery=delivery)
-        spec = generation_spec(request, inputs, limits=self.settings.limits)
+        spec = generation_spec(request, inputs, limits=self.settings.limits, adapters=adapters)
         generated = await self._generate(spec, generator, stop=stop, ctx=ctx, delivery=delivery)
         with ctx.phase("encode"):
             encoded = await asyncio.to_thread(encode_job, request, generated)
         with ctx.phase("upload"):
             images = await upload_images(request, encoded, objects=self.objects)
         event = SucceededEvent.model_validate(
-            {**ctx.event_fields(), "images": images, "timings": ctx.timings(), "warnings": generated.warnings}
+            {
+                **ctx.event_fields(),
+                "images": images,
+                "timings": ctx.timings(),
+                "warnings": generated.warnings,
+                "adapters": [applied(adapter) for adapter in request.adapters],
+            }
         )
         await self.outcomes.record_and_publish(event, ctx=ctx, delivery=delivery)
 
@@ -328,8 +340,15 @@ def _throttled(send: Callable[[int, int], object]) -> Callable[[int, int], None]
     return on_step
 
 
-def generation_spec(request: GenerationRequest, inputs: InputImages, *, limits: LimitSettings) -> GenerationSpec:
-    """What the model runs for a validated request: one seed per image, the input images already loaded."""
+def generation_spec(
+    request: GenerationRequest,
+    inputs: InputImages,
+    *,
+    limits: LimitSettings,
+    adapters: tuple[AdapterFile, ...] = (),
+) -> GenerationSpec:
+    """What the model runs for a validated request: one seed per image, the input images and adapters already
+    loaded and checked."""
     return GenerationSpec(
         mode=request.mode,
         prompt=request.prompt,
@@ -346,6 +365,7 @@ def generation_spec(request: GenerationRequest, inputs: InputImages, *, limits: 
         mask_blur_px=request.effective_mask_blur,
         hires=hires_pass(request),
         preview_interval_s=preview_interval_s(request, limits=limits),
+        adapters=adapters,
     )
 
 
@@ -397,7 +417,25 @@ def parameter_extras(request: GenerationRequest) -> dict[str, str]:
         }
     if request.mode == "inpaint":
         extras["Mask blur"] = str(request.effective_mask_blur)
+    return extras | adapter_extras(request.adapters)
+
+
+def adapter_extras(adapters: list[AdapterRef]) -> dict[str, str]:
+    """The adapters as AUTOMATIC1111 names them: `Lora hashes` and `TI hashes` (12 hex digits each), plus scales."""
+    loras = [adapter for adapter in adapters if adapter.kind == "lora"]
+    embeddings = [adapter for adapter in adapters if adapter.kind == "embedding"]
+    extras: dict[str, str] = {}
+    if loras:
+        extras["Lora hashes"] = ", ".join(f"{_label(a)}: {a.sha256[:12]}" for a in loras)
+        extras["Lora scales"] = ", ".join(f"{_label(a)}: {a.scale:g}" for a in loras)
+    if embeddings:
+        extras["TI hashes"] = ", ".join(f"{a.token}: {a.sha256[:12]}" for a in embeddings)
     return extras
+
+
+def _label(adapter: AdapterRef) -> str:
+    """A short name: the map's name, or the key's file name without `.safetensors`."""
+    return adapter.name or (adapter.key or "").rsplit("/", 1)[-1].removesuffix(".safetensors")
 
 
 async def upload_images(

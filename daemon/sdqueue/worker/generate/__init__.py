@@ -6,6 +6,7 @@ from sdqueue.worker.generate._diffusers import load_generator, warm_up
 from sdqueue.worker.generate._runtime import describe_runtime, gpu_memory_probe, resolve_device
 from sdqueue.worker.generate._schedulers import SCHEDULERS
 from sdqueue.worker.generate._spec import (
+    AdapterFile,
     BatchKey,
     GeneratedImages,
     GenerationSpec,
@@ -21,6 +22,7 @@ from sdqueue.worker.generate.tiny import build_tiny_model, ensure_tiny_model
 __all__ = [
     "FAMILIES",
     "SCHEDULERS",
+    "AdapterFile",
     "BatchKey",
     "Family",
     "GeneratedImages",

@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter
 from sdqueue.config.settings import RuntimeSettings
 from sdqueue.contracts import Mode
 from sdqueue.contracts.errors import Cancelled, GenerationFailed, InvalidRequest, OutOfMemory
+from sdqueue.worker.generate._adapters import AdapterSlots
 from sdqueue.worker.generate._invariant import make_batch_invariant
 from sdqueue.worker.generate._preview import PreviewTap
 from sdqueue.worker.generate._runtime import apply_threads, resolve_device, resolve_dtype
@@ -63,7 +64,9 @@ def load_generator(source: str, *, runtime: RuntimeSettings) -> ImageGenerator:
     apply_speed_options(text2img, runtime=runtime)
     img2img = AutoPipelineForImage2Image.from_pipe(text2img)
     inpaint = AutoPipelineForInpainting.from_pipe(text2img)
-    return DiffusersGenerator({"txt2img": text2img, "img2img": img2img, "inpaint": inpaint}, device=device)
+    adapters = AdapterSlots(text2img, budget_bytes=runtime.adapter_memory_mb * 1024 * 1024, device=device, dtype=dtype)
+    pipelines: dict[Mode, Any] = {"txt2img": text2img, "img2img": img2img, "inpaint": inpaint}
+    return DiffusersGenerator(pipelines, device=device, adapters=adapters)
 
 
 def apply_speed_options(pipeline: Any, *, runtime: RuntimeSettings) -> None:
@@ -117,12 +120,13 @@ def _warm_up_spec(runtime: RuntimeSettings, *, images: int) -> GenerationSpec:
 class DiffusersGenerator:
     """An ImageGenerator over diffusers pipelines that share their modules."""
 
-    def __init__(self, pipelines: dict[Mode, Any], *, device: torch.device) -> None:
+    def __init__(self, pipelines: dict[Mode, Any], *, device: torch.device, adapters: AdapterSlots) -> None:
         for pipeline in pipelines.values():
             # from_pipe does not carry this setting over, so each pipeline gets it.
             pipeline.set_progress_bar_config(disable=True)
         self._pipelines = pipelines
         self._device = device
+        self._adapters = adapters
         # A compiled UNet still answers `.config` (torch's wrapper forwards attributes to the module).
         self._family = family_of_unet(pipelines["txt2img"].unet.config)
         self._own_scheduler = pipelines["txt2img"].scheduler
@@ -188,6 +192,8 @@ class DiffusersGenerator:
             raise ValueError("a batch mixes specs with different batch keys")
         pipeline = self._pipelines[first.mode]
         arguments = self._arguments(specs)
+        # Before the prompts are counted: an embedding's token is one word only once it is bound.
+        self._adapters.apply(first.adapters)
         warnings = [_truncation_warnings(pipeline, spec) for spec in specs]
         hook = _StepHook(
             on_step=on_step,

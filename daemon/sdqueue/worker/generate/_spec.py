@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
 
-from sdqueue.contracts import Mode
+from sdqueue.contracts import AdapterKind, Mode
 from sdqueue.worker.generate.families import Family
 
 
@@ -20,6 +20,22 @@ class HiresPass:
     height: int
     steps: int
     strength: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterFile:
+    """An adapter file whose sha256 and format were checked, with how the job applies it."""
+
+    sha256: str
+    kind: AdapterKind
+    scale: float
+    token: str | None
+    data: bytes = field(repr=False)
+
+    @property
+    def is_active(self) -> bool:
+        """Whether it changes the images: a LoRA at scale 0 is left out altogether, not applied at weight 0."""
+        return self.kind != "lora" or self.scale != 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +61,7 @@ class GenerationSpec:
     mask_blur_px: int = 0
     hires: HiresPass | None = None
     preview_interval_s: float | None = None
+    adapters: tuple[AdapterFile, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,9 +80,25 @@ BatchKey = tuple[object, ...]
 
 def batch_key(spec: GenerationSpec) -> BatchKey:
     """Specs with equal keys can share one pipeline call: everything but prompts, seeds, input images, mask blur and
-    previews matches."""
+    previews matches, and so does the set of active adapters with their scales."""
     strength = spec.strength if spec.mode != "txt2img" else None
-    return (spec.mode, spec.width, spec.height, spec.steps, spec.guidance_scale, spec.scheduler, strength, spec.hires)
+    adapters = adapter_set(spec)
+    return (
+        spec.mode,
+        spec.width,
+        spec.height,
+        spec.steps,
+        spec.guidance_scale,
+        spec.scheduler,
+        strength,
+        spec.hires,
+        adapters,
+    )
+
+
+def adapter_set(spec: GenerationSpec) -> frozenset[tuple[str, str, float, str | None]]:
+    """The adapters a spec runs with, as (sha256, kind, scale, token); LoRAs at scale 0 are not among them."""
+    return frozenset((a.sha256, a.kind, a.scale, a.token) for a in spec.adapters if a.is_active)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,51 @@
+"""`sdqueue adapters`: build tiny random adapters offline, and upload adapter files to the bucket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from sdqueue.cli._output import print_error
+from sdqueue.client.storage import upload_adapter
+from sdqueue.config import load_settings
+from sdqueue.storage import make_s3_client
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `adapters tiny` and `adapters put`."""
+    adapters = commands.add_parser("adapters", help="LoRA and embedding files").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    tiny = adapters.add_parser("tiny", help="build a random adapter for a tiny model (`sdqueue model tiny`)")
+    tiny.add_argument("out", type=Path, metavar="OUT.safetensors")
+    tiny.add_argument("--model", type=Path, required=True, help="the tiny model's folder (sd1 or sdxl)")
+    tiny.add_argument("--kind", choices=("lora", "embedding"), default="lora")
+    tiny.add_argument("--format", choices=("peft", "kohya"), default="peft", help="LoRA key layout (default: peft)")
+    tiny.add_argument("--rank", type=int, default=4, help="LoRA rank: a larger file (default: 4)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(handler=build_tiny_adapter)
+    put = adapters.add_parser("put", help="upload a safetensors file to adapters/<sha256>.safetensors")
+    put.add_argument("file", type=Path)
+    put.set_defaults(handler=lambda args: asyncio.run(put_adapter(args.file)))
+
+
+def build_tiny_adapter(args: argparse.Namespace) -> int:
+    """Write a random LoRA or embedding that fits the model at `args.model`, and print its path."""
+    from sdqueue.worker.generate.tiny_adapters import build_tiny_embedding, build_tiny_lora
+
+    if args.kind == "embedding":
+        print(build_tiny_embedding(args.model, args.out, seed=args.seed))
+    else:
+        print(build_tiny_lora(args.model, args.out, seed=args.seed, fmt=args.format, rank=args.rank))
+    return 0
+
+
+async def put_adapter(file: Path) -> int:
+    """Upload one adapter file and print its key and sha256, the two fields a request's adapter entry needs."""
+    if file.suffix != ".safetensors":
+        return print_error("only .safetensors files are served as adapters")
+    s3 = load_settings().s3
+    stored = await upload_adapter(make_s3_client(s3), s3=s3, data=await asyncio.to_thread(file.read_bytes))
+    print(f"key {stored.key}\nsha256 {stored.sha256}")
+    return 0
