@@ -1,12 +1,14 @@
 """Model families on the real stack: one worker serves an SD 1 and an SDXL model, says which is which in its
-heartbeats, and fills what a request leaves out from each model's family."""
+heartbeats, and fills what a request leaves out from each model's family; SDXL runs img2img and inpaint too."""
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
 
 from sdqueue.client import SdqueueClient, new_job_id
 from sdqueue.contracts import GenerationRequest, SucceededEvent
@@ -51,3 +53,38 @@ async def test_one_worker_serves_sd1_and_sdxl_each_with_its_familys_defaults(
     assert "CFG scale: 7.5, " in parameters[0]
     assert "CFG scale: 5, " in parameters[1]
     assert [heartbeat.families for heartbeat in fleet] == [{"small": "sd1", "xl": "sdxl"}]
+
+
+def _inline_png(image: Image.Image) -> dict[str, str]:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"data": base64.b64encode(buffer.getvalue()).decode()}
+
+
+async def test_sdxl_runs_img2img_and_inpaint_through_the_queue(
+    isolated: IsolatedStack, isolated_client: SdqueueClient, tiny_sdxl_dir: Path
+):
+    settings = updated(isolated.settings, runtime={"warmup_size_px": 64}).model_copy(
+        update={"model": None, "models": {"xl": str(tiny_sdxl_dir)}}
+    )
+    isolated.start_worker("xl-only", settings)
+    await isolated_client.wait_for_workers("xl", timeout_s=120)
+    init = Image.radial_gradient("L").convert("RGB").resize((64, 64))
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    common = {"schema_version": 1, "model": "xl", "prompt": "a lighthouse", "width": 64, "height": 64, "steps": 4}
+    img2img = GenerationRequest.model_validate(
+        common | {"job_id": new_job_id(), "mode": "img2img", "init_image": _inline_png(init), "strength": 0.5}
+    )
+    inpaint = GenerationRequest.model_validate(
+        common
+        | {"job_id": new_job_id(), "mode": "inpaint", "init_image": _inline_png(init), "mask_image": _inline_png(mask)}
+    )
+
+    events = [await isolated_client.generate(request, timeout_s=120) for request in (img2img, inpaint)]
+
+    assert [(event.model, event.images[0].width, event.images[0].height) for event in events] == [("xl", 64, 64)] * 2
+    inpainted = np.asarray(Image.open(io.BytesIO(await isolated_client.fetch_image(events[1].images[0]))))
+    keep = np.asarray(mask) == 0
+    assert (inpainted[keep] == np.asarray(init)[keep]).all(), "black keeps the init image's pixels exactly"
+    assert (inpainted[~keep] != np.asarray(init)[~keep]).any(), "white is repainted"
