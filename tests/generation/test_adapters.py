@@ -16,6 +16,7 @@ from sdqueue.contracts.errors import InvalidRequest
 from sdqueue.worker.generate import AdapterFile, GenerationSpec, ImageGenerator, load_generator
 from sdqueue.worker.generate._invariant import _linear_forward
 from sdqueue.worker.generate.tiny_adapters import build_tiny_embedding, build_tiny_lora
+from tests.plugins.tiny_model import TEST_RUNTIME
 
 pytestmark = pytest.mark.slow  # runs the tiny model on CPU
 
@@ -44,6 +45,18 @@ def _spec(prompt: str = "a fox", seed: int = 1, adapters: tuple[AdapterFile, ...
 
 def _pixels(generator: ImageGenerator, spec: GenerationSpec) -> np.ndarray:
     return np.asarray(generator.generate(spec).images[0])
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tiny_model_dir: Path) -> ImageGenerator:
+    """A tiny model of this module's own: loading adapters adds LoRA layers the shared one must not get."""
+    return load_generator(str(tiny_model_dir), runtime=TEST_RUNTIME)
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl_generator(tiny_sdxl_dir: Path) -> ImageGenerator:
+    """The tiny SDXL model, likewise of this module's own."""
+    return load_generator(str(tiny_sdxl_dir), runtime=TEST_RUNTIME)
 
 
 @pytest.fixture(scope="module")
