@@ -70,6 +70,10 @@ def write_jwks(keys: SigningKeys, path: Path) -> Path:
     return path
 
 
+# The session worker's one named adapter, a random LoRA for the tiny model.
+SESSION_LORA = "tiny-style"
+
+
 @pytest.fixture(scope="session")
 def stack_settings(
     seaweed: SeaweedStack,
@@ -78,14 +82,16 @@ def stack_settings(
     signing_keys: SigningKeys,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
-    """Settings shared by test workers and clients: the session's vhost, bucket, model, secret and JWKS."""
-    return make_stack_settings(
-        amqp_url=amqp_url,
-        s3=seaweed.s3,
-        model_dir=tiny_model_dir,
-        state_dir=tmp_path_factory.mktemp("state"),
-        signing_keys=signing_keys,
+    """Settings shared by test workers and clients: the session's vhost, bucket, model, secret and JWKS, and one
+    named LoRA (`SESSION_LORA`) so that the bridge and its page have an adapter to offer."""
+    from sdqueue.worker.generate.tiny_adapters import build_tiny_lora
+
+    state_dir = tmp_path_factory.mktemp("state")
+    settings = make_stack_settings(
+        amqp_url=amqp_url, s3=seaweed.s3, model_dir=tiny_model_dir, state_dir=state_dir, signing_keys=signing_keys
     )
+    lora = build_tiny_lora(tiny_model_dir, state_dir / "adapters" / f"{SESSION_LORA}.safetensors", seed=7)
+    return settings.model_copy(update={"adapters": {SESSION_LORA: lora}})
 
 
 def make_stack_settings(

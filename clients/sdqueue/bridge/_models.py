@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from sdqueue.contracts import MAX_SEED, FamilyDefaults, HiresFix, ModelFamily, OutputFormat, TerminalEvent
+from sdqueue.contracts.adapters import (
+    MAX_ADAPTERS,
+    AdapterKey,
+    AdapterKind,
+    AdapterName,
+    AdapterScale,
+    EmbeddingToken,
+    Sha256,
+)
 from sdqueue.contracts.request import (
     MAX_MASK_BLUR_PX,
     MAX_PREVIEW_INTERVAL_S,
@@ -23,6 +33,27 @@ from sdqueue.contracts.request import (
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=1024)]
+
+
+class AdapterChoice(BaseModel):
+    """An adapter a caller asks for: one of the workers' named adapters (`GET /v1/adapters`), whose sha256 and kind
+    the bridge fills in, or a bucket object under `adapters/` with its sha256 (read from the file name of a key that
+    `sdqueue adapters put` made, `adapters/<sha256>.safetensors`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: AdapterName | None = None
+    key: AdapterKey | None = None
+    sha256: Sha256 | None = None
+    kind: AdapterKind | None = Field(default=None, description="A name's kind is the workers'; a key's is `lora`.")
+    scale: AdapterScale = 1.0
+    token: EmbeddingToken | None = Field(default=None, description="The prompt word an embedding binds.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.key is None) == (self.name is None):
+            raise ValueError("an adapter has exactly one of key and name")
+        return self
 
 
 class GenerationParams(BaseModel):
@@ -43,6 +74,20 @@ class GenerationParams(BaseModel):
     output_format: OutputFormat = "png"
     previews: bool = False
     preview_interval_s: Annotated[float, Field(gt=0, le=MAX_PREVIEW_INTERVAL_S)] | None = None
+    adapters: Annotated[list[AdapterChoice], Field(max_length=MAX_ADAPTERS)] = Field(
+        default_factory=list, description="LoRAs and embeddings; in a multipart form, this list as a JSON string."
+    )
+
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _adapters_from_form(cls, value: object) -> object:
+        """A form field is text: there the list travels as JSON."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError("adapters must be a JSON list") from exc
+        return value
 
 
 class Txt2ImgBody(GenerationParams):
@@ -194,6 +239,42 @@ class ModelList(BaseModel):
     )
 
     models: list[ModelInfo]
+
+
+class AdapterInfo(BaseModel):
+    """One named adapter of the live workers: what a request names, and which models' workers hold it."""
+
+    name: str
+    sha256: str
+    kind: AdapterKind
+    bytes: int
+    models: list[str] = Field(description="Aliases served by workers that hold this file under this name.")
+    workers: int = Field(description="Workers that announced it in their latest heartbeat.")
+
+
+class AdapterList(BaseModel):
+    """The named adapters live workers announce in their heartbeats; a name held as two files is listed twice."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "adapters": [
+                        {
+                            "name": "watercolor",
+                            "sha256": "9f2c4e7a1b3d5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8",
+                            "kind": "lora",
+                            "bytes": 151_000_000,
+                            "models": ["default"],
+                            "workers": 2,
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    adapters: list[AdapterInfo]
 
 
 class JobList(BaseModel):

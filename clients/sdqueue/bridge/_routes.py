@@ -15,7 +15,7 @@ from sdqueue.bridge._accounts import Account, Throttled, WrongCredentials
 from sdqueue.bridge._auth import CurrentUser, issue_access_token
 from sdqueue.bridge._bodies import form_body, json_body, read_form, read_json
 from sdqueue.bridge._errors import error_responses
-from sdqueue.bridge._fleet import list_models
+from sdqueue.bridge._fleet import list_adapters, list_models, pin_adapters
 from sdqueue.bridge._jobs import (
     build_request,
     cancel_job,
@@ -32,7 +32,9 @@ from sdqueue.bridge._jobs import (
 )
 from sdqueue.bridge._jobstore import JobRow
 from sdqueue.bridge._models import (
+    AdapterList,
     CancelAccepted,
+    GenerationParams,
     Img2ImgForm,
     InpaintForm,
     JobAccepted,
@@ -46,7 +48,7 @@ from sdqueue.bridge._state import BridgeState, get_state
 from sdqueue.bridge._streams import StreamSlot
 from sdqueue.bridge._uploads import image_extension
 from sdqueue.client import new_job_id
-from sdqueue.contracts import BridgeCode, ErrorCode, InitImageKey, JobEvent
+from sdqueue.contracts import BridgeCode, ErrorCode, InitImageKey, JobEvent, Mode
 from sdqueue.contracts.errors import BridgeError
 from sdqueue.contracts.topology import input_key, mask_key
 
@@ -115,7 +117,7 @@ async def inpaint_body(request: Request, _: CurrentUser, state: State) -> tuple[
 async def txt2img(body: Annotated[Txt2ImgBody, Depends(txt2img_body)], user: CurrentUser, state: State) -> JobAccepted:
     """Queue a txt2img job: the generation request's fields without `job_id`, which the bridge assigns."""
     job_id = new_job_id()
-    generation = build_request({**body.model_dump(exclude_unset=True), "mode": "txt2img"}, job_id=job_id)
+    generation = build_request(wire_fields(body, mode="txt2img", state=state), job_id=job_id)
     await submit_job(generation, owner=user, state=state)
     return accepted(job_id)
 
@@ -134,7 +136,7 @@ async def img2img(
     """Queue an img2img job: the `image` file plus the request's fields as form fields."""
     form, image = body
     job_id = new_job_id()
-    fields = {**form.model_dump(exclude_unset=True), "mode": "img2img"}
+    fields = wire_fields(form, mode="img2img", state=state)
     await submit_with_images(fields, {"init_image": image}, job_id=job_id, owner=user, state=state)
     return accepted(job_id)
 
@@ -153,10 +155,22 @@ async def inpaint(
     """Queue an inpaint job: the `image` and `mask` files plus the request's fields as form fields."""
     form, files = body
     job_id = new_job_id()
-    fields = {**form.model_dump(exclude_unset=True), "mode": "inpaint"}
+    fields = wire_fields(form, mode="inpaint", state=state)
     images = {"init_image": files["image"], "mask_image": files["mask"]}
     await submit_with_images(fields, images, job_id=job_id, owner=user, state=state)
     return accepted(job_id)
+
+
+def wire_fields(params: GenerationParams, *, mode: Mode, state: BridgeState) -> dict[str, object]:
+    """The request's fields as the caller set them, in `mode`, with each adapter pinned to a file's sha256.
+
+    Raises:
+        BridgeError: `invalid_request` for an adapter no live worker of the model holds, or a key without sha256.
+    """
+    fields: dict[str, object] = {**params.model_dump(exclude_unset=True, exclude={"adapters"}), "mode": mode}
+    if params.adapters:
+        fields["adapters"] = pin_adapters(params.adapters, model=params.model, fleet=state.hub.fleet.workers())
+    return fields
 
 
 def accepted(job_id: str) -> JobAccepted:
@@ -203,6 +217,12 @@ async def submit_with_images(
 async def models(_: CurrentUser, state: State) -> ModelList:
     """The model aliases live workers serve (from their heartbeats), each with its family's defaults."""
     return list_models(state.hub.fleet.workers())
+
+
+@router.get("/v1/adapters", response_model=AdapterList, tags=["models"], responses=error_responses(401))
+async def adapters(_: CurrentUser, state: State) -> AdapterList:
+    """The named adapters live workers hold (from their heartbeats): a request names one, the bridge pins its sha256."""
+    return list_adapters(state.hub.fleet.workers())
 
 
 @router.get("/v1/jobs", response_model=JobList, tags=["jobs"], responses=error_responses(400, 401, 503))

@@ -1,19 +1,23 @@
-"""`sdqueue adapters`: build tiny random adapters offline, and upload adapter files to the bucket."""
+"""`sdqueue adapters`: build tiny random adapters offline, upload adapter files to the bucket, and list the workers'
+named adapters."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
-from sdqueue.cli._output import print_error
+from sdqueue.cli._output import format_table, print_error
+from sdqueue.client import SdqueueClient
 from sdqueue.client.storage import upload_adapter
 from sdqueue.config import load_settings
+from sdqueue.contracts import WorkerHeartbeat
 from sdqueue.storage import make_s3_client
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `adapters tiny` and `adapters put`."""
+    """Add `adapters tiny`, `adapters put` and `adapters list`."""
     adapters = commands.add_parser("adapters", help="LoRA and embedding files").add_subparsers(
         required=True, metavar="ACTION"
     )
@@ -28,6 +32,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     put = adapters.add_parser("put", help="upload a safetensors file to adapters/<sha256>.safetensors")
     put.add_argument("file", type=Path)
     put.set_defaults(handler=lambda args: asyncio.run(put_adapter(args.file)))
+    listing = adapters.add_parser("list", help="the workers' named adapters, from their heartbeats")
+    listing.add_argument("--listen", type=float, default=12.0, help="seconds to listen (default: 12)")
+    listing.set_defaults(handler=lambda args: asyncio.run(list_adapters(listen_s=args.listen)))
 
 
 def build_tiny_adapter(args: argparse.Namespace) -> int:
@@ -49,3 +56,31 @@ async def put_adapter(file: Path) -> int:
     stored = await upload_adapter(make_s3_client(s3), s3=s3, data=await asyncio.to_thread(file.read_bytes))
     print(f"key {stored.key}\nsha256 {stored.sha256}")
     return 0
+
+
+async def list_adapters(*, listen_s: float) -> int:
+    """Print the named adapters live workers announce; exit status 1 when no worker was heard from."""
+    async with SdqueueClient(load_settings()) as client:
+        fleet = await client.fleet(listen_s=listen_s)
+    print(format_adapters(fleet))
+    return 0 if fleet else 1
+
+
+def format_adapters(fleet: Sequence[WorkerHeartbeat]) -> str:
+    """A table of named adapters: name, kind, size, sha256 (what `--lora NAME@SHA256` pins) and who holds it."""
+    if not fleet:
+        return "no worker heard from"
+    named = sorted({adapter for heartbeat in fleet for adapter in heartbeat.adapters}, key=lambda a: (a.name, a.sha256))
+    if not named:
+        return "no worker holds named adapters"
+    rows = [["NAME", "KIND", "BYTES", "SHA256", "HELD BY"]] + [
+        [
+            adapter.name,
+            adapter.kind,
+            str(adapter.bytes),
+            adapter.sha256,
+            ",".join(h.worker for h in fleet if adapter in h.adapters),
+        ]
+        for adapter in named
+    ]
+    return format_table(rows)

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.console import Console
 
+from sdqueue.cli._adapter_options import adapter_entries, add_adapter_options, parse_adapter_options
 from sdqueue.cli.progress import follow_job
 from sdqueue.client import SdqueueClient, UsageError, describe_saved_images, new_job_id, save_images
 from sdqueue.config import load_settings
@@ -71,6 +72,7 @@ def _generation_options() -> argparse.ArgumentParser:
     )
     options.add_argument("--previews", action="store_true", help="ask the worker for live previews while it runs")
     options.add_argument("--preview-file", type=Path, help="with --previews: keep the latest preview (WebP) here")
+    add_adapter_options(options)
     return options
 
 
@@ -83,13 +85,15 @@ async def generate_images(args: argparse.Namespace, *, mode: Mode) -> int:
     """
     if args.preview_file is not None and not args.previews:
         raise UsageError("--preview-file needs --previews")
+    adapter_options = parse_adapter_options(args)
     settings = load_settings()
     job_id = args.job_id or new_job_id()
     console = Console(stderr=True)
     is_shown = console.is_terminal if args.progress is None else args.progress
     async with SdqueueClient(settings, subject=args.subject) as client:
         images = await _input_images(client, args, job_id=job_id)
-        await client.submit(request_from_args(args, job_id=job_id, mode=mode, images=images))
+        adapters = await adapter_entries(client, adapter_options, model=args.model)
+        await client.submit(request_from_args(args, job_id=job_id, mode=mode, images=images, adapters=adapters))
         event = await follow_job(
             client.events(job_id, timeout_s=args.timeout),
             console=console,
@@ -102,7 +106,12 @@ async def generate_images(args: argparse.Namespace, *, mode: Mode) -> int:
 
 
 def request_from_args(
-    args: argparse.Namespace, *, job_id: str, mode: Mode, images: dict[str, InputImage]
+    args: argparse.Namespace,
+    *,
+    job_id: str,
+    mode: Mode,
+    images: dict[str, InputImage],
+    adapters: list[dict[str, object]] | None = None,
 ) -> GenerationRequest:
     """Build the wire request from command-line options; options not given are left out of the body.
 
@@ -128,6 +137,7 @@ def request_from_args(
         "hires": _hires(args),
         "previews": args.previews or None,
         "output_format": args.output_format,
+        "adapters": adapters or None,
         **images,
     }
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
 
@@ -302,10 +303,17 @@ class SdqueueClient:
             await asyncio.sleep(0.2)
         raise WaitTimeout(f"no worker serves {model!r}")
 
-    async def fleet(self, *, listen_s: float = 12.0) -> list[WorkerHeartbeat]:
-        """The workers heard from within `listen_s` (a heartbeat interval and a bit), each by its latest heartbeat."""
+    async def fleet(
+        self, *, listen_s: float = 12.0, until: Callable[[list[WorkerHeartbeat]], bool] | None = None
+    ) -> list[WorkerHeartbeat]:
+        """The workers heard from within `listen_s` (a heartbeat interval and a bit), each by its latest heartbeat;
+        sooner once `until` holds for the workers heard so far."""
         connection = _require(self._connection)
         latest: dict[str, WorkerHeartbeat] = {}
+        enough = asyncio.Event()
+
+        def heard() -> list[WorkerHeartbeat]:
+            return sorted(latest.values(), key=lambda heartbeat: heartbeat.worker)
 
         async def on_heartbeat(message: AbstractIncomingMessage) -> None:
             if not sent_by_worker(message, broker=self._settings.broker):
@@ -316,13 +324,16 @@ class SdqueueClient:
                 log.warning("ignoring a malformed heartbeat")
                 return
             latest[heartbeat.worker] = heartbeat
+            if until is not None and until(heard()):
+                enough.set()
 
         async with await connection.channel() as channel:
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(await channel.get_exchange(EVENTS_EXCHANGE, ensure=False), routing_key=HEARTBEAT_PATTERN)
             await queue.consume(on_heartbeat, no_ack=True)
-            await asyncio.sleep(listen_s)
-        return sorted(latest.values(), key=lambda heartbeat: heartbeat.worker)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(enough.wait(), timeout=listen_s)
+        return heard()
 
     async def is_routable(self, model: str) -> bool:
         """Whether a request for `model` would be routed now: its queue exists (a worker declared it).

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sdqueue import storage
 from sdqueue.config import S3Settings
 from sdqueue.contracts import ImageInfo, InitImageKey, TerminalEvent, parse_terminal_event
-from sdqueue.contracts.adapters import ADAPTER_KEY_PREFIX
+from sdqueue.contracts.adapters import content_addressed_key
 from sdqueue.contracts.errors import StorageError, StorageUnavailable
 from sdqueue.contracts.topology import input_key, mask_key, record_key
 
@@ -69,7 +69,7 @@ async def upload_adapter(client: S3Client, *, s3: S3Settings, data: bytes) -> St
         StorageError: the upload failed.
     """
     sha256 = hashlib.sha256(data).hexdigest()
-    key = f"{ADAPTER_KEY_PREFIX}{sha256}.safetensors"
+    key = content_addressed_key(sha256)
     await storage.put_object(client, bucket=s3.bucket, key=key, data=data, content_type="application/octet-stream")
     return StoredAdapter(key=key, sha256=sha256)
 

@@ -1,6 +1,6 @@
 """The sdqueue wire contract: request, events, error codes, names. Shared by the worker and every client."""
 
-from sdqueue.contracts.adapters import MAX_ADAPTERS, AdapterKind, AdapterRef, AppliedAdapter
+from sdqueue.contracts.adapters import MAX_ADAPTERS, AdapterKind, AdapterRef, AppliedAdapter, NamedAdapter
 from sdqueue.contracts.control import CancelCommand
 from sdqueue.contracts.errors import BridgeCode, ErrorCode, ErrorInfo
 from sdqueue.contracts.events import (
@@ -73,6 +73,7 @@ __all__ = [
     "JobEvent",
     "Mode",
     "ModelFamily",
+    "NamedAdapter",
     "OutputFormat",
     "PreviewImage",
     "Priority",

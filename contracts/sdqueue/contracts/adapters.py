@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
@@ -15,6 +16,8 @@ ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 # The prompt token an embedding binds; the angle brackets keep it clear of the tokenizer's own words.
 EMBEDDING_TOKEN_PATTERN = r"^<[a-z0-9][a-z0-9_-]{0,31}>$"  # noqa: S105  # a prompt word, not a secret
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# Where `sdqueue adapters put` stores a file: named by its own sha256, so the key alone pins the file.
+_CONTENT_ADDRESSED_KEY = re.compile(r"^adapters/([0-9a-f]{64})\.safetensors$")
 
 AdapterKind = Literal["lora", "embedding"]
 AdapterKey = Annotated[str, StringConstraints(max_length=600, pattern=ADAPTER_KEY_PATTERN)]
@@ -80,8 +83,30 @@ class AppliedAdapter(BaseModel):
     token: str | None = None
 
 
+class NamedAdapter(BaseModel):
+    """One adapter of a worker's map, as its heartbeat announces it: what a request names and the hash it must sign."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: AdapterName
+    sha256: Sha256
+    kind: AdapterKind
+    bytes: Annotated[int, Field(ge=0)]
+
+
 def applied(ref: AdapterRef) -> AppliedAdapter:
     """The report of one requested adapter (everything but nothing secret: the request's own fields)."""
     return AppliedAdapter(
         key=ref.key, name=ref.name, sha256=ref.sha256, kind=ref.kind, scale=ref.scale, token=ref.token
     )
+
+
+def content_addressed_key(sha256: str) -> str:
+    """The bucket key of an adapter file stored under its own hash."""
+    return f"{ADAPTER_KEY_PREFIX}{sha256}.safetensors"
+
+
+def sha256_of_key(key: str) -> str | None:
+    """The sha256 a content-addressed key names (`adapters/<sha256>.safetensors`), or None for any other key."""
+    named = _CONTENT_ADDRESSED_KEY.match(key)
+    return None if named is None else named.group(1)

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from sdqueue.contracts.adapters import NamedAdapter
 from sdqueue.contracts.events import utc_now
 from sdqueue.contracts.request import GuidanceScale, ImageSide, ModelAlias, SchedulerName
 
@@ -55,6 +56,9 @@ class WorkerHeartbeat(BaseModel):
     )
     schedulers: dict[ModelAlias, tuple[SchedulerName, ...]] = Field(
         default_factory=dict, description="The scheduler names each served alias accepts, known from its pipeline."
+    )
+    adapters: tuple[NamedAdapter, ...] = Field(
+        default=(), description="The worker's named adapters (its adapter map), each with the sha256 to sign."
     )
     device: str
     in_flight: Annotated[int, Field(ge=0)]

@@ -1,5 +1,6 @@
 """Fetch a job's adapters (by key from the bucket, by name from the worker's map) and check each file: its size,
-its sha256 against the signed one, and that it is safetensors. Nothing here unpickles or parses tensors."""
+its sha256 against the signed one, and that it is safetensors; and check the worker's adapter map once at start.
+Nothing here unpickles or parses tensors: only the safetensors header (JSON) is read."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sdqueue.config import LimitSettings
-from sdqueue.contracts import AdapterRef
-from sdqueue.contracts.errors import InvalidRequest, StorageRefused
+from sdqueue.contracts import AdapterKind, AdapterRef, NamedAdapter
+from sdqueue.contracts.errors import InvalidRequest, StorageRefused, UsageError
 from sdqueue.worker.generate import AdapterFile
 from sdqueue.worker.ports import ObjectStore
 
@@ -55,16 +56,59 @@ def checked_adapter(ref: AdapterRef, data: bytes, *, max_bytes: int) -> AdapterF
 
 def is_safetensors(data: bytes) -> bool:
     """Say whether `data` starts with a safetensors header: a little-endian length, then a JSON object."""
+    return safetensors_header(data) is not None
+
+
+def safetensors_header(data: bytes) -> dict[str, object] | None:
+    """The JSON header of a safetensors file (tensor name -> dtype, shape, offsets), or None if it has none."""
     if len(data) < HEADER_LENGTH_BYTES:
-        return False
+        return None
     (length,) = struct.unpack("<Q", data[:HEADER_LENGTH_BYTES])
     if length > min(MAX_HEADER_BYTES, len(data) - HEADER_LENGTH_BYTES):
-        return False
+        return None
     try:
         header = json.loads(data[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length])
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(header, dict)
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def adapter_kind(header: dict[str, object]) -> AdapterKind | None:
+    """What a file's tensor names say it is: LoRA layers (PEFT, diffusers or kohya names all say `lora`), an
+    embedding (one vectors tensor, or SDXL's `clip_l` and `clip_g`), or neither."""
+    names = [name for name in header if name != "__metadata__"]
+    if any("lora" in name for name in names):
+        return "lora"
+    if len(names) == 1 or set(names) == {"clip_l", "clip_g"}:
+        return "embedding"
+    return None
+
+
+async def check_adapter_map(named: Mapping[str, Path], *, max_bytes: int) -> tuple[NamedAdapter, ...]:
+    """Read each file of the worker's adapter map once at start, so that a wrong map stops the worker before it
+    takes a job; the result (name, sha256, kind, size) is what heartbeats announce.
+
+    A file changed later is still checked against the request's sha256 on every use.
+
+    Raises:
+        UsageError: a file is missing, unreadable, over `max_adapter_bytes`, not safetensors, or neither a LoRA nor
+            an embedding.
+    """
+    return tuple([await asyncio.to_thread(_named_adapter, name, path, max_bytes) for name, path in named.items()])
+
+
+def _named_adapter(name: str, path: Path, max_bytes: int) -> NamedAdapter:
+    try:
+        data = _read_file(path, label=f"name:{name}", max_bytes=max_bytes)
+    except InvalidRequest as exc:
+        raise UsageError(f"adapter {name!r}: cannot read {path}: {exc.__cause__}") from exc
+    if len(data) > max_bytes:
+        raise UsageError(f"adapter {name!r}: {path} is larger than limits.max_adapter_bytes ({max_bytes})")
+    header = safetensors_header(data)
+    kind = None if header is None else adapter_kind(header)
+    if kind is None:
+        raise UsageError(f"adapter {name!r}: {path} is not a safetensors LoRA or embedding")
+    return NamedAdapter(name=name, sha256=hashlib.sha256(data).hexdigest(), kind=kind, bytes=len(data))
 
 
 async def _read(ref: AdapterRef, *, objects: ObjectStore, named: Mapping[str, Path], max_bytes: int) -> bytes:

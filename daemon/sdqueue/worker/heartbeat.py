@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractExchange
 from aio_pika.exceptions import AMQPError
 
 from sdqueue.config import Settings
-from sdqueue.contracts import WorkerHeartbeat, heartbeat_routing_key
+from sdqueue.contracts import NamedAdapter, WorkerHeartbeat, heartbeat_routing_key
 from sdqueue.worker.generate import resolve_device
 from sdqueue.worker.models import ModelCache
 
@@ -25,6 +25,7 @@ async def heartbeats(
     settings: Settings,
     *,
     models: ModelCache,
+    adapters: tuple[NamedAdapter, ...],
     events: AbstractExchange,
     in_flight: Sized,
     stopping: asyncio.Event,
@@ -39,6 +40,7 @@ async def heartbeats(
             loaded=models.loaded,
             families={alias: family.name for alias, family in models.families.items()},
             schedulers=dict(models.scheduler_names),
+            adapters=adapters,
             device=str(resolve_device(settings.runtime)),
             in_flight=len(in_flight),
             interval_s=settings.heartbeat_interval_s,

@@ -26,8 +26,10 @@ from aio_pika.abc import (
 from sdqueue import storage
 from sdqueue.broker import connect
 from sdqueue.config import S3Settings, Settings
+from sdqueue.contracts import NamedAdapter
 from sdqueue.contracts.errors import StorageError
 from sdqueue.storage import make_s3_client
+from sdqueue.worker.adapters import check_adapter_map
 from sdqueue.worker.batching import Batcher
 from sdqueue.worker.bucket import BucketObjects, BucketRecords
 from sdqueue.worker.consume import Delivery, consume_jobs, declare_overflow, declare_topology
@@ -65,6 +67,7 @@ async def run_worker(settings: Settings) -> None:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdqueue-generate")
     try:
         log.info("runtime: %s", describe_runtime(settings.runtime))
+        named_adapters = await check_adapter_map(settings.adapters, max_bytes=settings.limits.max_adapter_bytes)
         metrics = WorkerMetrics(gpu_memory_bytes=gpu_memory_probe(settings.runtime))
         models = await load_models(settings, executor=executor, metrics=metrics)
         generators = {alias: CachedModel(models, alias) for alias in models.aliases}
@@ -108,6 +111,7 @@ async def run_worker(settings: Settings) -> None:
                     keys=load_keys(settings.auth),
                     intake=FairIntake(settings.fairness) if settings.fairness.enabled else None,
                     models=models,
+                    named_adapters=named_adapters,
                     channel=channel,
                     events=topology.events,
                 )
@@ -222,6 +226,7 @@ class Serving:
     keys: VerificationKeys
     intake: FairIntake | None
     models: ModelCache
+    named_adapters: tuple[NamedAdapter, ...]
     channel: AbstractChannel
     events: AbstractExchange
 
@@ -257,7 +262,14 @@ class Serving:
             ],
         ]
         log.info("worker %s ready; serving %s", settings.worker_name, ", ".join(sorted(queues)))
-        beating = heartbeats(settings, models=self.models, events=self.events, in_flight=in_flight, stopping=stopping)
+        beating = heartbeats(
+            settings,
+            models=self.models,
+            adapters=self.named_adapters,
+            events=self.events,
+            in_flight=in_flight,
+            stopping=stopping,
+        )
         async with beating:
             await stopping.wait()
         log.info("stopping: intake closed, %d job(s) in flight", len(in_flight))

@@ -4,6 +4,9 @@
 let token = null;
 let currentJob = null;
 let models = [];
+// Named adapters live workers hold (GET /v1/adapters), and the ones chosen for the next job, in order.
+let namedAdapters = [];
+let chosenAdapters = [];
 // The contract's default strength per mode: img2img keeps most of the init image, inpaint repaints the masked part.
 const DEFAULT_STRENGTH = { img2img: "0.75", inpaint: "1" };
 const $ = (id) => document.getElementById(id);
@@ -33,7 +36,7 @@ $("signin-form").addEventListener("submit", async (event) => {
     $("whoami").textContent = "signed in as " + $("username").value;
     $("job-form").hidden = false;
     $("history").hidden = false;
-    await Promise.all([loadModels(), loadHistory()]);
+    await Promise.all([loadModels(), loadAdapters(), loadHistory()]);
   } catch (error) {
     $("whoami").textContent = "sign-in failed: " + error.message;
     $("whoami").className = "error";
@@ -69,7 +72,54 @@ function onModelChosen() {
     $("height").value = model.defaults.height;
     $("guidance").value = model.defaults.guidance_scale;
   }
+  showNamedAdapters();
 }
+
+async function loadAdapters() {
+  try {
+    namedAdapters = (await (await api("/v1/adapters")).json()).adapters;
+  } catch (error) {
+    setStatus("could not list the adapters: " + error.message, true);
+    return;
+  }
+  showNamedAdapters();
+}
+
+// Only the adapters held by workers of the chosen model: a job lands on one of those.
+function showNamedAdapters() {
+  const held = namedAdapters.filter((adapter) => adapter.models.includes($("model").value));
+  const options = held.map((adapter) => new Option(adapter.name + " (" + adapter.kind + ")", adapter.name));
+  $("adapter-name").replaceChildren(new Option(held.length ? "choose…" : "none held", ""), ...options);
+}
+
+function addAdapter() {
+  const name = $("adapter-name").value;
+  const key = $("adapter-key").value.trim();
+  if (!name === !key) { setStatus("choose a named adapter or type a key, not both", true); return; }
+  const named = namedAdapters.find((adapter) => adapter.name === name);
+  const token = $("adapter-token").value.trim();
+  const adapter = name ? { name } : { key };
+  if (named ? named.kind === "embedding" : token) { adapter.kind = "embedding"; adapter.token = token; }
+  else adapter.scale = Number($("adapter-scale").value);
+  chosenAdapters.push(adapter);
+  $("adapter-key").value = "";
+  showChosenAdapters();
+}
+
+function showChosenAdapters() {
+  const items = chosenAdapters.map((adapter, index) => {
+    const li = document.createElement("li");
+    const what = adapter.token ? " binds " + adapter.token : " at " + adapter.scale;
+    li.textContent = (adapter.name || adapter.key) + what + " ";
+    const remove = Object.assign(document.createElement("button"), { type: "button", textContent: "remove" });
+    remove.addEventListener("click", () => { chosenAdapters.splice(index, 1); showChosenAdapters(); });
+    li.append(remove);
+    return li;
+  });
+  $("adapters").replaceChildren(...items);
+}
+
+$("adapter-add").addEventListener("click", addAdapter);
 
 function onModeChosen() {
   const mode = $("mode").value;
@@ -93,11 +143,14 @@ async function submitJob() {
   };
   if (mode === "txt2img") {
     return api("/v1/txt2img", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(params),
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(Object.assign(params, { adapters: chosenAdapters })),
     });
   }
   const form = new FormData();
   for (const [key, value] of Object.entries(params)) { if (value !== null) form.append(key, value); }
+  // A form field is text: the adapter list travels as JSON.
+  if (chosenAdapters.length > 0) form.append("adapters", JSON.stringify(chosenAdapters));
   form.append("strength", $("strength").value);
   form.append("image", $("init").files[0]);
   if (mode === "img2img") return api("/v1/img2img", { method: "POST", body: form });
