@@ -10,10 +10,14 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
+from sdqueue.bridge._fleet import pin_adapters
+from sdqueue.bridge._models import AdapterChoice
 from sdqueue.client import SdqueueClient
 from sdqueue.config import Settings
 from sdqueue.contracts import NamedAdapter
+from sdqueue.contracts.errors import BridgeError
 from tests.bridge.conftest import png_bytes
 from tests.bridge.test_jobs import assert_error, wait
 from tests.bridge.test_models import HEARD_WITHIN_S, heartbeat, send
@@ -155,3 +159,23 @@ async def test_a_name_held_as_two_files_needs_the_callers_sha256(
     ]
     assert_error(unpinned, 400, "invalid_request")
     assert "give its sha256" in unpinned.json()["error"]["message"]
+
+
+def test_a_name_is_pinned_only_to_what_workers_of_the_requested_model_hold():
+    style = NamedAdapter(name="style", sha256="a" * 64, kind="lora", bytes=10)
+    fox = NamedAdapter(name="fox", sha256="b" * 64, kind="embedding", bytes=10)
+    xl_only = NamedAdapter(name="xl-only", sha256="c" * 64, kind="lora", bytes=1)
+    fleet = [
+        heartbeat("w1", models={"default": "sd1"}, adapters=(style, fox)),
+        heartbeat("w2", models={"xl": "sdxl"}, adapters=(xl_only,)),
+    ]
+    choices = [AdapterChoice(name="style", scale=0.5), AdapterChoice(name="fox", token="<fox>")]
+
+    pinned = pin_adapters(choices, model="default", fleet=fleet)
+
+    assert pinned == [
+        {"name": "style", "sha256": "a" * 64, "kind": "lora", "scale": 0.5},
+        {"name": "fox", "sha256": "b" * 64, "kind": "embedding", "scale": 1.0, "token": "<fox>"},
+    ]
+    with pytest.raises(BridgeError, match="no live worker of model 'default' holds adapter 'xl-only'"):
+        pin_adapters([AdapterChoice(name="xl-only")], model="default", fleet=fleet)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.bridge.conftest import PASSWORDS, LiveBridge
+from tests.plugins.stack import SESSION_LORA
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -94,6 +95,13 @@ OBSERVE_PREVIEWS = """() => {
 }"""
 
 
+def _recent_jobs(url: str, *, limit: int) -> list[dict[str, Any]]:
+    """alice's latest jobs, as `GET /v1/jobs` lists them."""
+    headers = {"Authorization": "Bearer " + httpx.post(f"{url}/token", data=ALICE).json()["access_token"]}
+    jobs: list[dict[str, Any]] = httpx.get(f"{url}/v1/jobs?limit={limit}", headers=headers).json()["jobs"]
+    return jobs
+
+
 def _wait_for_model(url: str, alias: str) -> None:
     """Until the bridge has heard a worker announce `alias` (heartbeats come every 10 s)."""
     headers = {"Authorization": "Bearer " + httpx.post(f"{url}/token", data=ALICE).json()["access_token"]}
@@ -153,3 +161,37 @@ async def test_inpaint_from_the_page_with_a_live_preview(chromium: Path, live_br
     assert shown, f"no preview was shown: {seen}"
     assert all(src.startswith("data:image/webp;base64,") for src in shown)
     assert "a window in a wall" in (jobs or "")
+
+
+async def test_a_named_lora_from_the_page_reaches_the_job(chromium: Path, live_bridge: LiveBridge, tmp_path: Path):
+    from playwright.async_api import async_playwright, expect
+
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+    await asyncio.to_thread(_wait_for_model, live_bridge.url, "default")
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
+        page = await browser.new_page()
+        page.set_default_timeout(STEP_TIMEOUT_MS)
+        try:
+            await page.goto(live_bridge.url)
+            await page.fill("#username", "alice")
+            await page.fill("#password", PASSWORDS["alice"])
+            await page.click("#signin")
+            await expect(page.locator(f"#adapter-name option[value={SESSION_LORA}]")).to_contain_text("lora")
+            await page.select_option("#adapter-name", SESSION_LORA)
+            await page.fill("#adapter-scale", "0.6")
+            await page.click("#adapter-add")
+            await expect(page.locator("#adapters li")).to_contain_text(f"{SESSION_LORA} at 0.6")
+            await page.fill("#prompt", "a styled lighthouse")
+            for field, value in {"#width": "64", "#height": "64", "#steps": "2", "#seed": "13"}.items():
+                await page.fill(field, value)
+            await page.click("#submit")
+            await expect(page.locator("#result img")).to_be_visible()
+        finally:
+            await page.screenshot(path=str(tmp_path / "adapters.png"), full_page=True)
+            await browser.close()
+
+    [job] = await asyncio.to_thread(_recent_jobs, live_bridge.url, limit=1)
+    assert job["prompt"] == "a styled lighthouse"
+    assert [(a["name"], a["scale"]) for a in job["result"]["adapters"]] == [(SESSION_LORA, 0.6)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from safetensors import safe_open
 
-from sdqueue.cli import main
+from sdqueue.cli import build_parser, main
+from sdqueue.cli._adapter_options import AdapterOption, parse_adapter_options
+from sdqueue.client import UsageError
 
 
 @pytest.mark.slow  # loads the tiny model's UNet
@@ -36,3 +39,36 @@ def test_put_refuses_a_file_that_is_not_safetensors(tmp_path: Path, capsys):
     assert main(["adapters", "put", str(pickled)]) == 1
 
     assert "only .safetensors" in capsys.readouterr().err
+
+
+def test_lora_and_embedding_options_read_their_reference_hash_scale_and_token():
+    sha = "ab" * 32
+    args = build_parser().parse_args(
+        ["generate", "x", "--lora", "style", "--lora", f"adapters/{sha}.safetensors:0.5", "--lora", "./my.safetensors",
+         "--lora", f"style@{sha}:-1", "--embedding", "fox:<fox>"]
+    )  # fmt: skip
+
+    options = parse_adapter_options(args)
+
+    assert options == [
+        AdapterOption(ref="style", kind="lora", sha256=None, scale=None, token=None),
+        AdapterOption(ref=f"adapters/{sha}.safetensors", kind="lora", sha256=None, scale=0.5, token=None),
+        AdapterOption(ref="./my.safetensors", kind="lora", sha256=None, scale=None, token=None),
+        AdapterOption(ref="style", kind="lora", sha256=sha, scale=-1.0, token=None),
+        AdapterOption(ref="fox", kind="embedding", sha256=None, scale=None, token="<fox>"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (["--lora", "style:strong"], "the scale 'strong' is not a number"),
+        (["--embedding", "fox"], "needs the token it binds"),
+        (["--lora", "a:1:2"], "expected REF[@SHA256][:SCALE]"),
+    ],
+)
+def test_a_malformed_adapter_option_is_a_usage_error(option: list[str], says: str):
+    args = build_parser().parse_args(["generate", "x", *option])
+
+    with pytest.raises(UsageError, match=re.escape(says)):
+        parse_adapter_options(args)

@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from sdqueue.client import SdqueueClient
-from sdqueue.contracts import ErrorCode, GenerationRequest, SucceededEvent
+from sdqueue.contracts import ErrorCode, GenerationRequest, NamedAdapter, SucceededEvent, WorkerHeartbeat
 from sdqueue.contracts.errors import JobFailed
+from sdqueue.devstack.stack import worker_environment
 from sdqueue.worker.generate.tiny_adapters import build_tiny_embedding, build_tiny_lora
 from tests.e2e.requests import signed_message, txt2img
 from tests.plugins.isolated import IsolatedStack, free_port, updated
@@ -196,3 +199,78 @@ async def test_the_adapter_budget_unloads_the_least_recently_used_and_reloads_it
     logs = isolated.logs()
     assert logs.count(f"LoRA {first.sha256[:12]} loaded") == 2, logs
     assert f"LoRA {first.sha256[:12]} unloaded to stay within the adapter budget" in logs
+
+
+async def test_heartbeats_announce_the_named_adapters_with_their_hashes(served, files):
+    def holds_fox(fleet: list[WorkerHeartbeat]) -> bool:
+        return any(adapter.name == "fox" for beat in fleet for adapter in beat.adapters)
+
+    fleet = await served.fleet(listen_s=TIMEOUT_S, until=holds_fox)
+
+    [beat] = [beat for beat in fleet if beat.worker == "adapters"]
+    assert sorted(beat.adapters, key=lambda adapter: adapter.name) == [
+        NamedAdapter(name="fox", sha256=_sha(files["fox"]), kind="embedding", bytes=files["fox"].stat().st_size),
+        NamedAdapter(
+            name="xl-fox", sha256=_sha(files["xl_fox"]), kind="embedding", bytes=files["xl_fox"].stat().st_size
+        ),
+    ]
+
+
+async def test_the_cli_pins_a_named_embedding_and_uploads_a_local_lora(
+    served, isolated: IsolatedStack, files, tmp_path: Path
+):
+    job_id = "cli-adapters-1"
+    argv = ["generate", "a <fox> in the snow", "--width", "64", "--height", "64", "--steps", "2", "--seed", "5"]
+    argv += ["--embedding", "fox:<fox>", "--lora", f"{files['lora']}:0.5", "--job-id", job_id, "-o", "out.png"]
+
+    done = await asyncio.to_thread(_sdqueue, argv, isolated, cwd=tmp_path)
+    listing = await asyncio.to_thread(_sdqueue, ["adapters", "list"], isolated, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    record = await served.read_record(job_id)
+    assert isinstance(record, SucceededEvent)
+    assert [(a.key, a.name, a.sha256, a.scale) for a in record.adapters] == [
+        (f"adapters/{_sha(files['lora'])}.safetensors", None, _sha(files["lora"]), 0.5),
+        (None, "fox", _sha(files["fox"]), 1.0),
+    ]
+    assert (tmp_path / "out.png").exists()
+    assert listing.returncode == 0, listing.stderr
+    assert any(line.split()[:4] == ["fox", "embedding", str(files["fox"].stat().st_size), _sha(files["fox"])]
+               for line in listing.stdout.splitlines()), listing.stdout  # fmt: skip
+    unknown = await asyncio.to_thread(_sdqueue, [*argv[:-4], "--lora", "nobody:1", "--job-id", "cli-adapters-2"],
+                                      isolated, cwd=tmp_path)  # fmt: skip
+    assert unknown.returncode == 1
+    assert "no worker of model 'default' announced an adapter named 'nobody'" in unknown.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing", "pickle", "oversized"])
+async def test_a_worker_whose_adapter_map_is_wrong_does_not_start(
+    isolated: IsolatedStack, files, tmp_path: Path, problem: str
+):
+    path = {
+        "missing": tmp_path / "missing.safetensors",
+        "pickle": tmp_path / "pickled.safetensors",
+        "oversized": files["lora"],
+    }[problem]
+    if problem == "pickle":
+        path.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    settings = updated(isolated.settings, limits={"max_adapter_bytes": 1024})
+    worker = isolated.start_worker("bad-map", settings.model_copy(update={"adapters": {"styled": path}}))
+
+    code = await asyncio.to_thread(worker.process.wait, 120)
+
+    assert code == 2, worker.log_tail()
+    assert f"the worker cannot start: adapter 'styled': {'' if problem == 'missing' else path}" in worker.log_tail()
+
+
+def _sdqueue(argv: list[str], isolated: IsolatedStack, *, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The `sdqueue` command on the isolated stack."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "sdqueue"), *argv],
+        capture_output=True,
+        text=True,
+        env=worker_environment(isolated.settings),
+        cwd=cwd,
+        timeout=TIMEOUT_S,
+        check=False,
+    )

@@ -9,12 +9,14 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from safetensors.numpy import save
 
-from sdqueue.contracts import AdapterRef, ErrorCode, SucceededEvent
+from sdqueue.contracts import AdapterRef, ErrorCode, NamedAdapter, SucceededEvent
+from sdqueue.contracts.errors import UsageError
 from sdqueue.contracts.topology import output_key
-from sdqueue.worker.adapters import is_safetensors
+from sdqueue.worker.adapters import adapter_kind, check_adapter_map, is_safetensors, safetensors_header
 from tests.worker.test_job_path import Harness
 
 ADAPTER = save({"lora.down": np.ones((2, 4), np.float32)})
@@ -118,3 +120,45 @@ def test_the_reported_source_of_an_adapter_is_its_key_or_name():
 def _png_parameters(data: bytes) -> str:
     with Image.open(io.BytesIO(data)) as image:
         return str(image.info["parameters"])
+
+
+def test_an_adapter_files_kind_is_read_from_its_tensor_names():
+    embedding_sdxl = save({"clip_l": np.ones((2, 4), np.float32), "clip_g": np.ones((2, 8), np.float32)})
+    neither = save({"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)})
+
+    kinds = [adapter_kind(safetensors_header(data) or {}) for data in (ADAPTER, embedding_sdxl, neither)]
+
+    assert kinds == ["lora", "embedding", None]
+    assert safetensors_header(pickle.dumps({"lora": 1})) is None
+
+
+async def test_the_adapter_map_is_checked_once_at_start(tmp_path: Path):
+    good = tmp_path / "style.safetensors"
+    good.write_bytes(ADAPTER)
+    embedding = tmp_path / "fox.safetensors"
+    embedding.write_bytes(save({"emb_params": np.ones((2, 4), np.float32)}))
+
+    announced = await check_adapter_map({"style": good, "fox": embedding}, max_bytes=10_000)
+
+    assert announced == (
+        NamedAdapter(name="style", sha256=sha(ADAPTER), kind="lora", bytes=len(ADAPTER)),
+        NamedAdapter(name="fox", sha256=sha(embedding.read_bytes()), kind="embedding", bytes=embedding.stat().st_size),
+    )
+
+
+async def test_each_wrong_map_entry_stops_the_start_with_its_name(tmp_path: Path):
+    pickled = tmp_path / "pickled.safetensors"
+    pickled.write_bytes(pickle.dumps({"weights": [1, 2]}))
+    neither = tmp_path / "neither.safetensors"
+    neither.write_bytes(save({"a": np.ones(2, np.float32), "b": np.ones(2, np.float32)}))
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(ADAPTER)
+
+    for path, max_bytes, says in (
+        (tmp_path / "absent.safetensors", 10_000, "cannot read"),
+        (pickled, 10_000, "not a safetensors LoRA or embedding"),
+        (neither, 10_000, "not a safetensors LoRA or embedding"),
+        (big, len(ADAPTER) - 1, "larger than limits.max_adapter_bytes"),
+    ):
+        with pytest.raises(UsageError, match=f"adapter 'broken': .*{says}"):
+            await check_adapter_map({"broken": path}, max_bytes=max_bytes)

@@ -20,7 +20,7 @@ from sdqueue.contracts import AdapterKind, WorkerHeartbeat
 from sdqueue.contracts.adapters import ADAPTER_KEY_PREFIX, sha256_of_key
 
 # REF, an optional @sha256, then an optional :SUFFIX (a LoRA's scale, an embedding's token).
-_OPTION = re.compile(r"^(?P<ref>[^@]+?)(?:@(?P<sha256>[0-9a-f]{64}))?(?::(?P<suffix>[^:]+))?$")
+_OPTION = re.compile(r"^(?P<ref>[^@:]+)(?:@(?P<sha256>[0-9a-f]{64}))?(?::(?P<suffix>[^:]+))?$")
 # Heartbeats come every `heartbeat_interval_s` (10 s by default): a little more, to hear every worker once.
 NAME_LISTEN_S = 12.0
 
