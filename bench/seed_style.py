@@ -23,6 +23,7 @@ import httpx
 
 from bench._stack import PROMPT, bench_stack, prepare_bridge, wait_until_ready
 from bench.bridge_load import _with_bridge
+from bench.raw_vs_queue import JOBS as RAW_JOBS
 from bench.raw_vs_queue import SIZE_PX, STEPS, raw_images_per_s
 from sdqueue.config import Settings
 from sdqueue.devstack.stack import start_worker, stop_process, worker_environment
@@ -66,7 +67,7 @@ def _measure(settings: Settings, *, seed_port: int, log: IO[bytes]) -> dict[str,
         wait_until_ready(settings)
         bare, seed, queue = [], [], []
         for round_index in range(ROUNDS):
-            bare.append(raw_images_per_s(settings))
+            bare.append(raw_images_per_s(settings, jobs=RAW_JOBS))
             seed.append(asyncio.run(_seed_load(f"http://127.0.0.1:{seed_port}")))
             queue.append(asyncio.run(_queue_load(f"http://127.0.0.1:{settings.bridge.port}")))
             print(

@@ -257,8 +257,9 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-async def durable(operation: Callable[[], Awaitable[T]], *, job_id: str, budget_s: float) -> T:
-    """Run a storage operation, waiting out an outage of up to `budget_s` in place so it burns no delivery.
+async def durable(operation: Callable[[], Awaitable[T]], *, what: str, budget_s: float) -> T:
+    """Run a storage operation, waiting out an outage of up to `budget_s` in place so it burns no delivery; `what`
+    names the operation's subject in the log (`job <id>`, `object <key>`).
 
     Raises:
         StorageError: storage stayed unavailable for the whole budget.
@@ -271,6 +272,6 @@ async def durable(operation: Callable[[], Awaitable[T]], *, job_id: str, budget_
         except StorageError as exc:
             if time.monotonic() + delay_s > deadline:
                 raise
-            log.warning("job %s: %s; retrying in %.1fs", job_id, exc.message, delay_s)
+            log.warning("%s: %s; retrying in %.1fs", what, exc.message, delay_s)
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, 5.0)

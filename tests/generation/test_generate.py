@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -11,30 +9,14 @@ from PIL import Image
 
 from sdqueue.contracts.errors import Cancelled, GenerationFailed, InvalidRequest
 from sdqueue.worker.encode import encode_images
-from sdqueue.worker.generate import SCHEDULERS, GenerationSpec, load_generator
+from sdqueue.worker.generate import SCHEDULERS, load_generator
+from tests.generation.specs import INIT_IMAGE, TXT2IMG
+from tests.generation.specs import spec as _spec
 from tests.plugins.tiny_model import TEST_RUNTIME
 
 pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
 
-TXT2IMG = GenerationSpec(
-    mode="txt2img",
-    prompt="a cat on the moon",
-    negative_prompt="",
-    width=64,
-    height=64,
-    steps=3,
-    guidance_scale=7.5,
-    seeds=(1,),
-    scheduler=None,
-    strength=0.75,
-    init_image=None,
-)
-INIT_IMAGE = Image.new("RGB", (100, 70), (200, 40, 40))
-IMG2IMG = dataclasses.replace(TXT2IMG, mode="img2img", steps=4, strength=0.5, init_image=INIT_IMAGE)
-
-
-def _spec(base: GenerationSpec = TXT2IMG, **changes: object) -> GenerationSpec:
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]  # replace() checks the field names
+IMG2IMG = _spec(TXT2IMG, mode="img2img", steps=4, strength=0.5, init_image=INIT_IMAGE)
 
 
 def _png_digest(image: Image.Image) -> str:

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from sdqueue.contracts.errors import Cancelled, InvalidRequest
-from sdqueue.worker.generate import GenerationSpec, HiresPass, StepPreview
+from sdqueue.worker.generate import HiresPass, StepPreview
 from sdqueue.worker.generate._preview import latents_to_rgb, preview_picture
 from sdqueue.worker.generate.families import SD1
-from tests.generation.test_generate import TXT2IMG, _pixels, _png_digest
+from tests.generation.specs import TXT2IMG
+from tests.generation.specs import spec as _spec
+from tests.generation.test_generate import _pixels, _png_digest
 
 pytestmark = pytest.mark.slow  # runs the tiny models on CPU: seconds, and many more on a loaded machine
 
 INIT = Image.radial_gradient("L").convert("RGB").resize((80, 48))
-INPAINT = dataclasses.replace(TXT2IMG, mode="inpaint", steps=3, strength=1.0, init_image=INIT)
-HIRES = dataclasses.replace(TXT2IMG, steps=2, hires=HiresPass(width=96, height=96, steps=4, strength=0.5))
+INPAINT = _spec(TXT2IMG, mode="inpaint", steps=3, strength=1.0, init_image=INIT)
+HIRES = _spec(TXT2IMG, steps=2, hires=HiresPass(width=96, height=96, steps=4, strength=0.5))
 
 
 def _mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
@@ -27,10 +27,6 @@ def _mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
     mask = Image.new("L", size, 0)
     ImageDraw.Draw(mask).rectangle(box, fill=255)
     return mask
-
-
-def _spec(base: GenerationSpec, **changes: object) -> GenerationSpec:
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]  # replace() checks the field names
 
 
 def test_inpaint_keeps_the_resized_init_image_exactly_where_the_mask_is_black(tiny_generator):

@@ -14,22 +14,11 @@ import torch
 
 from sdqueue.config import RuntimeSettings
 from sdqueue.worker.generate import GenerationSpec, ImageGenerator, load_generator, warm_up
+from tests.generation.specs import spec
 
 pytestmark = pytest.mark.slow  # runs the tiny model on CPU: seconds, and many more on a loaded machine
 
-SPEC = GenerationSpec(
-    mode="txt2img",
-    prompt="a lighthouse",
-    negative_prompt="",
-    width=96,
-    height=64,
-    steps=3,
-    guidance_scale=7.5,
-    seeds=(5, 6),
-    scheduler=None,
-    strength=0.75,
-    init_image=None,
-)
+SPEC = spec(prompt="a lighthouse", width=96, seeds=(5, 6))
 BASE = RuntimeSettings(device="cpu", threads=2, warmup_steps=0)
 
 

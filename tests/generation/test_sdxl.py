@@ -3,7 +3,6 @@ as SDXL, and holding every guarantee the SD 1 shape does (sizes, seeds, img2img,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -17,27 +16,16 @@ from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from sdqueue.contracts.errors import Cancelled
-from sdqueue.worker.generate import GenerationSpec, ImageGenerator, build_tiny_model
+from sdqueue.worker.generate import ImageGenerator, build_tiny_model
 from sdqueue.worker.generate.families import SD1, SDXL
 from sdqueue.worker.generate.sdxl import sdxl_modules
+from tests.generation.specs import INIT_IMAGE
+from tests.generation.specs import spec as _spec
 
 pytestmark = pytest.mark.slow  # runs the tiny models on CPU: seconds, and many more on a loaded machine
 
-TXT2IMG = GenerationSpec(
-    mode="txt2img",
-    prompt="a cat on the moon",
-    negative_prompt="",
-    width=64,
-    height=64,
-    steps=4,
-    guidance_scale=5.0,
-    seeds=(1,),
-    scheduler=None,
-    strength=0.75,
-    init_image=None,
-)
-INIT_IMAGE = Image.new("RGB", (100, 70), (200, 40, 40))
-IMG2IMG = dataclasses.replace(TXT2IMG, mode="img2img", steps=6, strength=0.5, init_image=INIT_IMAGE)
+TXT2IMG = _spec(steps=4, guidance_scale=5.0)
+IMG2IMG = _spec(TXT2IMG, mode="img2img", steps=6, strength=0.5, init_image=INIT_IMAGE)
 # Published sizes of SDXL 1.0 base: UNet 2.567B, VAE 83.65M, CLIP ViT-L/14 123.06M, OpenCLIP ViT-bigG/14 694.66M.
 EXPECTED_PARAMETERS = {
     "unet": 2_567_463_684,
@@ -45,10 +33,6 @@ EXPECTED_PARAMETERS = {
     "text_encoder": 123_060_480,
     "text_encoder_2": 694_659_840,
 }
-
-
-def _spec(base: GenerationSpec = TXT2IMG, **changes: object) -> GenerationSpec:
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]  # replace() checks the field names
 
 
 def _same_picture(first: Image.Image, second: Image.Image) -> bool:

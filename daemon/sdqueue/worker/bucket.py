@@ -90,7 +90,7 @@ class BucketRecords:
         )
 
     async def _durable(self, job_id: str, operation: Callable[[], Awaitable[T]]) -> T:
-        return await storage.durable(operation, job_id=job_id, budget_s=self._s3.outage_budget_s)
+        return await storage.durable(operation, what=f"job {job_id}", budget_s=self._s3.outage_budget_s)
 
 
 class BucketObjects:
@@ -108,7 +108,7 @@ class BucketObjects:
         """
         stored = await storage.durable(
             lambda: storage.read_object(self._client, bucket=self._s3.bucket, key=key, max_bytes=max_bytes),
-            job_id=key,
+            what=f"object {key}",
             budget_s=self._s3.outage_budget_s,
         )
         return None if stored is None else stored.data
@@ -119,7 +119,7 @@ class BucketObjects:
             lambda: storage.put_object(
                 self._client, bucket=self._s3.bucket, key=key, data=data, content_type=content_type
             ),
-            job_id=key,
+            what=f"object {key}",
             budget_s=self._s3.outage_budget_s,
         )
 

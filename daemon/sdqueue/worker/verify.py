@@ -107,8 +107,12 @@ class Verification:
     """
 
     caller: Caller | None
-    claims: Claims | None
-    error: SdqueueError | None
+    outcome: Claims | SdqueueError
+
+    @property
+    def claims(self) -> Claims | None:
+        """The claims of a token that verified in full, else None."""
+        return self.outcome if isinstance(self.outcome, Claims) else None
 
     def require_claims(self) -> Claims:
         """The claims of a token that verified in full.
@@ -116,9 +120,9 @@ class Verification:
         Raises:
             SdqueueError: why it did not (`Unattributed` when no verified caller speaks for the job).
         """
-        if self.claims is None:
-            raise self.error if self.error is not None else UnverifiedToken("token was not verified")
-        return self.claims
+        if isinstance(self.outcome, SdqueueError):
+            raise self.outcome
+        return self.outcome
 
 
 def verify_request(
@@ -128,12 +132,12 @@ def verify_request(
     try:
         verified = authenticate(authorization, job_id=job_id, auth=auth, keys=keys)
     except SdqueueError as error:
-        return Verification(caller=None, claims=None, error=error)
+        return Verification(caller=None, outcome=error)
     try:
         claims = check_claims(verified, body=body, job_id=job_id, auth=auth, required_scopes=GENERATE_SCOPES)
     except SdqueueError as error:
-        return Verification(caller=verified.caller, claims=None, error=error)
-    return Verification(caller=verified.caller, claims=claims, error=None)
+        return Verification(caller=verified.caller, outcome=error)
+    return Verification(caller=verified.caller, outcome=claims)
 
 
 def load_keys(auth: AuthSettings) -> VerificationKeys:
