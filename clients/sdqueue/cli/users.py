@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `users` and its actions."""
     users = commands.add_parser("users", help="the bridge's users").add_subparsers(required=True, metavar="ACTION")
-    add = users.add_parser("add", help="create a user (asks for the password)")
-    add.add_argument("name")
-    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    add.set_defaults(handler=add_user)
-    password = users.add_parser("password", help="change a user's password (asks for it) and retire its tokens")
-    password.add_argument("name")
-    password.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    password.set_defaults(handler=change_password)
+    name_and_password = argparse.ArgumentParser(add_help=False)
+    name_and_password.add_argument("name")
+    name_and_password.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    users.add_parser("add", parents=[name_and_password], help="create a user (asks for the password)").set_defaults(
+        handler=add_user
+    )
+    users.add_parser(
+        "password", parents=[name_and_password], help="change a user's password (asks for it) and retire its tokens"
+    ).set_defaults(handler=change_password)
     remove = users.add_parser("remove", help="remove a user (the name stays taken) and retire its tokens")
     remove.add_argument("name")
     remove.set_defaults(handler=remove_user)
