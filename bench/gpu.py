@@ -1,7 +1,9 @@
 """Item 5: Stable Diffusion 1.5 (or SDXL) on a CUDA device, with random weights of the real architecture (real costs).
 
 First images/s by batch size for each configuration (fp32 eager as the original API ran, fp16 and bf16 with SDPA,
-fp16 with channels-last and fused QKV, and that with the UNet compiled). Then the worker's own path at the best
+fp16 with channels-last and fused QKV, and that with the UNet compiled). `fp16-compiled-lora-swap` is no sweep: it
+compiles the UNet with its LoRA hotswap slot and times calls that switch between 4 LoRAs against calls that keep one,
+counting recompiles (there must be none). Then the worker's own path at the best
 configuration, side by side with the bare pipeline call: validated request bodies → micro-batching → generation →
 encoding, everything but the broker and the bucket (that host has neither; `bench.overhead` measures their cost).
 Every result is written to the JSON file as soon as it exists, so a run cut short keeps what it measured.
@@ -10,12 +12,14 @@ Every result is written to the JSON file as soon as it exists, so a run cut shor
     python -m bench.gpu --family sdxl --size 1024 --steps 20 --batches 1,2,4,8 \
         --configs fp16-sdpa,fp16-compiled --out gpu-sdxl.json
     python -m bench.gpu_plot gpu.json docs/img/gpu-images-per-s.png
+    python -m bench.gpu --configs fp16-compiled-lora-swap --out gpu-lora-swap.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import statistics
@@ -29,15 +33,18 @@ from typing import Any
 import diffusers
 import torch
 import transformers
+from torch._dynamo.utils import counters
 
 from bench._anchors import BOUND_IMAGES_PER_S
 from bench._path import bare_rate, worker_path_rate
 from bench._stack import txt2img_spec
+from bench.adapters import call_s, lora_files
 from sdqueue.config import RuntimeSettings
 from sdqueue.worker.generate import ImageGenerator, build_tiny_model, load_generator
 from sdqueue.worker.generate.sd15 import build_sd15_random
 from sdqueue.worker.generate.sdxl import build_sdxl_random
 
+LORA_SWAP_CONFIG = "fp16-compiled-lora-swap"
 CONFIGS: dict[str, dict[str, Any]] = {
     "fp32-eager": {"dtype": "float32"},
     "fp16-sdpa": {"dtype": "float16"},
@@ -47,7 +54,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Which of channels-last and fused QKV the compiled UNet still needs, and what max-autotune adds on top.
     "fp16-compiled-plain": {"dtype": "float16", "compile_mode": "reduce-overhead"},
     "fp16-autotune": {"dtype": "float16", "channels_last": True, "fuse_qkv": True, "compile_mode": "max-autotune"},
+    # LoRAs swapped into the compiled UNet's slot (no fused QKV: its fused projection would bypass the LoRA layers).
+    LORA_SWAP_CONFIG: {"dtype": "float16", "compile_mode": "default", "lora_hotswap_rank": 64},
 }
+LORA_SWAP_LORAS, LORA_SWAP_PAIRS, LORA_SWAP_STEPS = 4, 16, 2
 
 
 @dataclass
@@ -60,6 +70,7 @@ class Results:
     load_s: dict[str, float] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
     worker_path: list[dict[str, Any]] = field(default_factory=list)
+    lora_swap: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
 
     def save(self) -> None:
@@ -170,6 +181,39 @@ def measure_worker_path(generator: ImageGenerator, name: str, *, args: argparse.
     results.save()
 
 
+def measure_lora_swap(source: Path, *, args: argparse.Namespace, results: Results) -> None:
+    """The compiled UNet switching between LoRAs: each switching call is timed right after a call that keeps the
+    LoRA (short calls, so the switch is not lost in the denoising), and the UNet's compiled graphs are counted."""
+    runtime = RuntimeSettings(device=args.device, warmup_steps=0, **CONFIGS[LORA_SWAP_CONFIG])
+    generator = load_generator(str(source), runtime=runtime)
+    with tempfile.TemporaryDirectory(prefix="sdqueue-bench-lora-swap-") as scratch:
+        files = lora_files(source, Path(scratch), count=LORA_SWAP_LORAS)
+    spec = txt2img_spec(seeds=(0,), size_px=args.size, steps=LORA_SWAP_STEPS)
+    started = time.perf_counter()
+    generator.generate(dataclasses.replace(spec, adapters=(files[0],)))  # the compile
+    warmup_s = time.perf_counter() - started
+    graphs_before = counters["stats"]["unique_graphs"]
+    same, switching = [], []
+    for pair in range(LORA_SWAP_PAIRS):
+        same.append(call_s(generator, dataclasses.replace(spec, adapters=(files[pair % LORA_SWAP_LORAS],))))
+        switching.append(call_s(generator, dataclasses.replace(spec, adapters=(files[(pair + 1) % LORA_SWAP_LORAS],))))
+    same_s, switch_s = statistics.median(same), statistics.median(switching)
+    row = {
+        "config": LORA_SWAP_CONFIG,
+        "loras": LORA_SWAP_LORAS,
+        "steps": LORA_SWAP_STEPS,
+        "warmup_s": round(warmup_s, 2),
+        "same_lora_s": round(same_s, 4),
+        "switching_s": round(switch_s, 4),
+        "switch_cost_ms": round((switch_s - same_s) * 1000, 2),
+        "recompiles": counters["stats"]["unique_graphs"] - graphs_before,
+    }
+    print(f"  {LORA_SWAP_CONFIG}: same LoRA {same_s:.4f}s, switching {switch_s:.4f}s, {row['recompiles']} recompiles")
+    results.lora_swap.append(row)
+    results.save()
+    generator.release()
+
+
 def model_dir(args: argparse.Namespace) -> Path:
     """The model to measure: SD 1.5 or SDXL with random weights (or a tiny one for a CPU smoke run), built once."""
     path: Path = args.model_dir or Path(tempfile.gettempdir()) / f"sdqueue-{args.family}-random"
@@ -194,6 +238,13 @@ def run_config(name: str, *, source: Path, args: argparse.Namespace, results: Re
     return sweep(generator, name, args=args, results=results), generator
 
 
+def record_failure(name: str, exc: Exception, *, results: Results) -> None:
+    """Keep a failed configuration's error and traceback in the results, and say so."""
+    results.errors.append({"config": name, "error": repr(exc), "traceback": traceback.format_exc()})
+    results.save()
+    print(f"  {name} failed: {exc!r}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Sweep the configurations in order; the worker path runs after the eager ones and again if compiled wins."""
     args = parse_args(argv)
@@ -202,15 +253,19 @@ def main(argv: list[str] | None = None) -> None:
     results = Results(args.out, machine=machine_facts(args.device), parameters=vars(args) | paths)
     best: tuple[float, str, ImageGenerator] | None = None
     for name in args.configs:
+        if name == LORA_SWAP_CONFIG:
+            try:
+                measure_lora_swap(source, args=args, results=results)
+            except Exception as exc:  # recorded, as a failing configuration is
+                record_failure(name, exc, results=results)
+            continue
         if "compile_mode" in CONFIGS[name] and best is not None:
             # Before a compile, which can outlast the run: the best eager configuration's path is then on record.
             measure_worker_path(best[2], best[1], args=args, results=results)
         try:
             rate, generator = run_config(name, source=source, args=args, results=results)
         except Exception as exc:  # a configuration that fails is recorded; the others still run
-            results.errors.append({"config": name, "error": repr(exc), "traceback": traceback.format_exc()})
-            results.save()
-            print(f"  {name} failed: {exc!r}", flush=True)
+            record_failure(name, exc, results=results)
             continue
         if best is None or rate > best[0]:
             if best is not None:

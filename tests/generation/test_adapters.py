@@ -1,5 +1,6 @@
 """Adapters on the real tiny pipelines (CPU): a LoRA changes the image, scale 0 and no adapter are bit-equal, a
-batch of one adapter set equals lone runs, embeddings bind their token, misfits are refused, the budget evicts."""
+batch of one adapter set equals lone runs (text-encoder LoRAs too), embeddings bind their token, misfits are refused,
+the budget evicts."""
 
 from __future__ import annotations
 
@@ -69,6 +70,20 @@ def adapters(tiny_model_dir: Path, tiny_sdxl_dir: Path, tmp_path_factory: pytest
         "embedding": build_tiny_embedding(tiny_model_dir, folder / "embedding.safetensors"),
         "sdxl_lora": build_tiny_lora(tiny_sdxl_dir, folder / "sdxl-lora.safetensors"),
         "sdxl_embedding": build_tiny_embedding(tiny_sdxl_dir, folder / "sdxl-embedding.safetensors"),
+        "te_peft": build_tiny_lora(tiny_model_dir, folder / "te-peft.safetensors", seed=3, text_encoder=True),
+        "te_kohya": build_tiny_lora(
+            tiny_model_dir, folder / "te-kohya.safetensors", seed=4, fmt="kohya", text_encoder=True
+        ),
+        "te_only": build_tiny_lora(
+            tiny_model_dir, folder / "te-only.safetensors", seed=5, unet=False, text_encoder=True
+        ),
+        "sdxl_te_peft": build_tiny_lora(tiny_sdxl_dir, folder / "sdxl-te-peft.safetensors", seed=6, text_encoder=True),
+        "sdxl_te_kohya": build_tiny_lora(
+            tiny_sdxl_dir, folder / "sdxl-te-kohya.safetensors", seed=7, fmt="kohya", text_encoder=True
+        ),
+        "sdxl_te_only": build_tiny_lora(
+            tiny_sdxl_dir, folder / "sdxl-te-only.safetensors", seed=8, unet=False, text_encoder=True
+        ),
     }
 
 
@@ -108,6 +123,60 @@ def test_the_lora_layers_are_pinned_batch_invariant(tiny_generator, adapters):
     lora_linears = [m for name, m in unet.named_modules() if ".lora_" in name and isinstance(m, nn.Linear)]
     assert lora_linears
     assert all(getattr(m.forward, "__func__", None) is _linear_forward for m in lora_linears)
+
+
+TEXT_ENCODER_LORAS = [
+    ("tiny_generator", "te_peft"),
+    ("tiny_generator", "te_kohya"),
+    ("tiny_generator", "te_only"),
+    ("tiny_sdxl_generator", "sdxl_te_peft"),
+    ("tiny_sdxl_generator", "sdxl_te_kohya"),
+    ("tiny_sdxl_generator", "sdxl_te_only"),
+]
+
+
+@pytest.mark.parametrize(("generator_fixture", "name"), TEXT_ENCODER_LORAS)
+def test_a_text_encoder_lora_changes_the_image_scale_zero_restores_it_and_batches_equal_lone_runs(
+    request, adapters, generator_fixture, name
+):
+    generator = request.getfixturevalue(generator_fixture)
+    lora = _file(adapters[name], scale=0.8)
+    plain = _pixels(generator, _spec())
+    specs = [_spec("a fox", 1, (lora,)), _spec("a cat", 2, (lora,))]
+
+    lone = [_pixels(generator, spec) for spec in specs]
+    batched = generator.generate_batch(specs)
+    at_zero = _pixels(generator, _spec(adapters=(dataclasses.replace(lora, scale=0.0),)))
+
+    assert not np.array_equal(plain, lone[0])
+    assert all(
+        np.array_equal(alone, np.asarray(together.images[0])) for alone, together in zip(lone, batched, strict=True)
+    )
+    assert np.array_equal(plain, at_zero)
+
+
+def test_a_text_encoder_lora_reaches_every_text_encoder_and_is_pinned(tiny_sdxl_generator, adapters):
+    lora = _file(adapters["sdxl_te_kohya"])
+    tiny_sdxl_generator.generate(_spec(adapters=(lora,)))
+    pipeline = tiny_sdxl_generator._pipelines["txt2img"]
+
+    loaded = pipeline.get_list_adapters()
+    assert all(f"sha256_{lora.sha256[:32]}" in loaded[part] for part in ("unet", "text_encoder", "text_encoder_2"))
+    for encoder in (pipeline.text_encoder, pipeline.text_encoder_2):
+        lora_linears = [m for name, m in encoder.named_modules() if ".lora_" in name and isinstance(m, nn.Linear)]
+        assert lora_linears
+        assert all(getattr(m.forward, "__func__", None) is _linear_forward for m in lora_linears)
+
+
+def test_a_unet_only_lora_after_a_text_encoder_lora_leaves_the_text_encoder_plain(tiny_model_dir, adapters):
+    # A generator of its own, so the UNet-only image is taken before any text-encoder LoRA was loaded.
+    generator = load_generator(str(tiny_model_dir), runtime=TEST_RUNTIME)
+    unet_only = _file(adapters["lora"])
+    before = _pixels(generator, _spec(adapters=(unet_only,)))
+
+    _pixels(generator, _spec(adapters=(_file(adapters["te_only"]),)))
+
+    assert np.array_equal(before, _pixels(generator, _spec(adapters=(unet_only,))))
 
 
 def test_an_embedding_binds_its_token_only_while_its_job_runs(tiny_generator, adapters):
@@ -166,3 +235,19 @@ def test_the_adapter_budget_evicts_the_least_recently_used_and_reloads_it(tiny_m
 
     assert np.array_equal(once, again)
     assert loaded() == {f"sha256_{first.sha256[:32]}"}
+
+
+def test_a_text_encoder_lora_counts_in_the_budget_and_leaves_the_text_encoder_on_eviction(tiny_model_dir, tmp_path):
+    # Text-encoder-only, rank 300: about 0.6 MB each on the tiny model; a 1 MB budget holds one of them, not two.
+    first = _file(build_tiny_lora(tiny_model_dir, tmp_path / "a.safetensors", rank=300, unet=False, text_encoder=True))
+    second = _file(
+        build_tiny_lora(tiny_model_dir, tmp_path / "b.safetensors", seed=1, rank=300, unet=False, text_encoder=True)
+    )
+    runtime = RuntimeSettings(device="cpu", threads=2, warmup_steps=0, adapter_memory_mb=1)
+    generator = load_generator(str(tiny_model_dir), runtime=runtime)
+    pipeline = generator._pipelines["txt2img"]  # type: ignore[attr-defined]
+
+    _pixels(generator, _spec(adapters=(first,)))
+    _pixels(generator, _spec(adapters=(second,)))
+
+    assert pipeline.get_list_adapters() == {"text_encoder": [f"sha256_{second.sha256[:32]}"]}

@@ -28,6 +28,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     tiny.add_argument("--format", choices=("peft", "kohya"), default="peft", help="LoRA key layout (default: peft)")
     tiny.add_argument("--rank", type=int, default=4, help="LoRA rank: a larger file (default: 4)")
     tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--text-encoder", action="store_true", help="LoRA: also the text encoders' attention projections")
+    tiny.add_argument("--no-unet", action="store_true", help="LoRA: no UNet layers (a text-encoder-only LoRA)")
     tiny.set_defaults(handler=build_tiny_adapter)
     put = adapters.add_parser("put", help="upload a safetensors file to adapters/<sha256>.safetensors")
     put.add_argument("file", type=Path)
@@ -41,10 +43,21 @@ def build_tiny_adapter(args: argparse.Namespace) -> int:
     """Write a random LoRA or embedding that fits the model at `args.model`, and print its path."""
     from sdqueue.worker.generate.tiny_adapters import build_tiny_embedding, build_tiny_lora
 
+    if args.no_unet and not args.text_encoder:
+        return print_error("--no-unet needs --text-encoder: a LoRA needs some layers")
     if args.kind == "embedding":
         print(build_tiny_embedding(args.model, args.out, seed=args.seed))
     else:
-        print(build_tiny_lora(args.model, args.out, seed=args.seed, fmt=args.format, rank=args.rank))
+        lora = build_tiny_lora(
+            args.model,
+            args.out,
+            seed=args.seed,
+            fmt=args.format,
+            rank=args.rank,
+            unet=not args.no_unet,
+            text_encoder=args.text_encoder,
+        )
+        print(lora)
     return 0
 
 

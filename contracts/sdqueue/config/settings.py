@@ -256,6 +256,12 @@ class RuntimeSettings(_Group):
         description="Budget for loaded adapters' weights per model; over it the least recently used is unloaded "
         "(and loaded again on its next use).",
     )
+    lora_hotswap_rank: PositiveInt = Field(
+        default=64,
+        description="With `compile_mode` on: the highest LoRA rank the compiled UNet takes. Its one LoRA slot is "
+        "padded to this rank before the compile, so a LoRA is swapped in without recompiling; a LoRA of a higher rank "
+        "is an invalid request, and every call pays for this rank (the padding is zeros).",
+    )
 
 
 class BatchSettings(_Group):

@@ -1,5 +1,6 @@
 """The adapters loaded into one pipeline: LoRAs kept within a byte budget (least recently used out, loaded again
-on their next use), embeddings exactly those of the batch running (a tenant's token never lingers)."""
+on their next use) or, on a compiled UNet, swapped into its one slot; embeddings exactly those of the batch running
+(a tenant's token never lingers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from sdqueue.worker.generate._invariant import make_batch_invariant
 from sdqueue.worker.generate._spec import AdapterFile
 from sdqueue.worker.generate.embedding import load_embedding, unload_embedding
+from sdqueue.worker.generate.hotswap import LoraHotswap
 from sdqueue.worker.generate.lora import load_lora, lora_name, unload_lora, use_loras
 
 log = logging.getLogger(__name__)
@@ -21,8 +23,17 @@ log = logging.getLogger(__name__)
 class AdapterSlots:
     """What adapters one pipeline holds, and which are active for the next call."""
 
-    def __init__(self, pipeline: Any, *, budget_bytes: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        budget_bytes: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        hotswap: LoraHotswap | None = None,
+    ) -> None:
         self._pipeline = pipeline
+        self._hotswap = hotswap  # set when the UNet is compiled: LoRAs go through its slot instead
         self._budget_bytes = budget_bytes
         self._device = device
         self._dtype = dtype
@@ -33,11 +44,14 @@ class AdapterSlots:
         """Load what is missing and activate exactly these adapters at their scales (LoRAs at 0 stay off).
 
         Raises:
-            InvalidRequest: an adapter is not safetensors or does not fit the model.
+            InvalidRequest: an adapter is not safetensors or does not fit the model (or the compiled UNet's slot).
         """
         active = [adapter for adapter in adapters if adapter.is_active]
         self._sync_embeddings([adapter for adapter in active if adapter.kind == "embedding"])
         loras = [adapter for adapter in active if adapter.kind == "lora"]
+        if self._hotswap is not None:
+            self._hotswap.apply(loras)
+            return
         for adapter in loras:
             self._ensure_lora(adapter, keep={lora_name(a) for a in loras})
         use_loras(self._pipeline, [lora_name(a) for a in loras], scales=[a.scale for a in loras])

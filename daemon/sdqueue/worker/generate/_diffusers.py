@@ -32,6 +32,7 @@ from sdqueue.worker.generate._spec import (
     batch_key,
 )
 from sdqueue.worker.generate.families import Family, family_of_unet
+from sdqueue.worker.generate.hotswap import LoraHotswap
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,21 @@ def load_generator(source: str, *, runtime: RuntimeSettings) -> ImageGenerator:
         # It blacks out images silently (at random, on random weights); moderation belongs before the queue.
         text2img.safety_checker = None
     text2img.to(device)
-    if device.type == "cpu":
-        # A micro-batched image must be bit-equal to the same seed run alone.
+    # Before the compile (apply_speed_options): the LoRA slot a compiled UNet swaps LoRAs into.
+    hotswap = None
+    if runtime.compile_mode != "off":
+        hotswap = LoraHotswap.prepare(text2img, target_rank=runtime.lora_hotswap_rank, dtype=dtype)
+    if device.type == "cpu" and runtime.compile_mode == "off":
+        # A micro-batched image must be bit-equal to the same seed run alone. Not when compiled: dynamo cannot trace
+        # the pinned oneDNN call, and the compiled graph chooses its own kernels.
         for component in text2img.components.values():
             if isinstance(component, torch.nn.Module):
                 make_batch_invariant(component)
     apply_speed_options(text2img, runtime=runtime)
     img2img = AutoPipelineForImage2Image.from_pipe(text2img)
     inpaint = AutoPipelineForInpainting.from_pipe(text2img)
-    adapters = AdapterSlots(text2img, budget_bytes=runtime.adapter_memory_mb * 1024 * 1024, device=device, dtype=dtype)
+    budget_bytes = runtime.adapter_memory_mb * 1024 * 1024
+    adapters = AdapterSlots(text2img, budget_bytes=budget_bytes, device=device, dtype=dtype, hotswap=hotswap)
     pipelines: dict[Mode, Any] = {"txt2img": text2img, "img2img": img2img, "inpaint": inpaint}
     return DiffusersGenerator(pipelines, device=device, adapters=adapters)
 

@@ -17,7 +17,7 @@ from sdqueue.worker.generate._tensors import read_tensors, tensor_bytes
 log = logging.getLogger(__name__)
 
 # What diffusers and PEFT raise on keys that match no layer, shapes that do not fit, or a malformed state dict.
-_MISFIT_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError)
+MISFIT_ERRORS = (ValueError, RuntimeError, KeyError, TypeError, IndexError, AttributeError)
 
 
 def lora_name(adapter: AdapterFile) -> str:
@@ -34,9 +34,9 @@ def load_lora(pipeline: Any, adapter: AdapterFile, *, dtype: torch.dtype) -> int
     name = lora_name(adapter)
     tensors = read_tensors(adapter, dtype=dtype)
     try:
-        with _peft_notices_off():
+        with peft_notices_off():
             pipeline.load_lora_weights(tensors, adapter_name=name)
-    except _MISFIT_ERRORS as exc:
+    except MISFIT_ERRORS as exc:
         log.info("LoRA %s does not fit: %s", adapter.sha256[:12], exc)
         unload_lora(pipeline, name)
         raise InvalidRequest(f"adapter {adapter.sha256[:12]} does not fit this model") from exc
@@ -48,7 +48,7 @@ def load_lora(pipeline: Any, adapter: AdapterFile, *, dtype: torch.dtype) -> int
 def unload_lora(pipeline: Any, name: str) -> None:
     """Remove a loaded LoRA's layers and weights; a name not loaded is ignored."""
     if name in _loaded(pipeline):
-        with _peft_notices_off():
+        with peft_notices_off():
             pipeline.delete_adapters([name])
 
 
@@ -64,7 +64,7 @@ def use_loras(pipeline: Any, names: Sequence[str], *, scales: Sequence[float]) -
 
 
 @contextmanager
-def _peft_notices_off() -> Iterator[None]:
+def peft_notices_off() -> Iterator[None]:
     """Silence PEFT's notices about several adapters on one model, and about deleting an active one: both are
     how this module works (`use_loras` sets the active ones before every call)."""
     with warnings.catch_warnings():

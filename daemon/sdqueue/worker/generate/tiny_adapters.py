@@ -1,10 +1,10 @@
-"""Random adapters for a tiny model, offline: LoRA files (diffusers/PEFT or kohya layout) and textual-inversion
-embeddings, shaped from the model folder so they fit it."""
+"""Random adapters for a tiny model, offline: LoRA files (diffusers/PEFT or kohya layout, UNet and optionally text
+encoder layers) and textual-inversion embeddings, shaped from the model folder so they fit it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -14,22 +14,46 @@ from transformers import CLIPTextConfig
 LoraFormat = Literal["peft", "kohya"]
 # The UNet's attention projections, the layers LoRAs usually train.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# A CLIP text encoder's attention projections, which text-encoder LoRAs train.
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 LORA_RANK = 4
+# A text encoder folder's kohya key prefix in a one-encoder (SD 1) and a two-encoder (SDXL) model.
+_KOHYA_TEXT_PREFIXES = {"text_encoder": ("lora_te", "lora_te1"), "text_encoder_2": ("lora_te2", "lora_te2")}
+
+
+class _Target(NamedTuple):
+    """A linear layer a LoRA entry is written for: its key prefix (`unet`, `text_encoder`, `lora_te1`, ...), its
+    module path, and its input and output widths."""
+
+    prefix: str
+    path: str
+    width_in: int
+    width_out: int
 
 
 def build_tiny_lora(
-    model: Path, out: Path, *, seed: int = 0, fmt: LoraFormat = "peft", rank: int = LORA_RANK, strength: float = 1.0
+    model: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    fmt: LoraFormat = "peft",
+    rank: int = LORA_RANK,
+    strength: float = 1.0,
+    unet: bool = True,
+    text_encoder: bool = False,
 ) -> Path:
-    """Write a random LoRA for the model's UNet attention layers to `out` and return `out`; a higher `rank` makes a
-    larger file (about 17 KiB per rank on the tiny SD 1 model)."""
-    unet = UNet2DConditionModel.from_pretrained(model / "unet")  # type: ignore[no-untyped-call]  # diffusers
+    """Write a random LoRA to `out` and return `out`: for the UNet's attention layers (`unet`) and/or the text
+    encoders' attention projections (`text_encoder`); a higher `rank` makes a larger file (about 17 KiB per rank on
+    the tiny SD 1 UNet)."""
+    if not (unet or text_encoder):
+        raise ValueError("a LoRA needs the UNet's layers, the text encoders' or both")
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
-    for path, layer in unet.named_modules():
-        if isinstance(layer, torch.nn.Linear) and path.endswith(LORA_TARGETS):
-            down = torch.randn(rank, layer.in_features, generator=generator) / rank
-            up = torch.randn(layer.out_features, rank, generator=generator) * strength
-            tensors |= _lora_entries(path, down=down, up=up, fmt=fmt)
+    layers = [*(_unet_layers(model, fmt=fmt) if unet else []), *(_text_layers(model, fmt=fmt) if text_encoder else [])]
+    for layer in layers:
+        down = torch.randn(rank, layer.width_in, generator=generator) / rank
+        up = torch.randn(layer.width_out, rank, generator=generator) * strength
+        tensors |= _lora_entries(layer, down=down, up=up, fmt=fmt)
     return _save(tensors, out)
 
 
@@ -47,11 +71,40 @@ def build_tiny_embedding(model: Path, out: Path, *, seed: int = 0, vectors: int 
     return _save(tensors, out)
 
 
-def _lora_entries(path: str, *, down: torch.Tensor, up: torch.Tensor, fmt: LoraFormat) -> dict[str, torch.Tensor]:
+def _unet_layers(model: Path, *, fmt: LoraFormat) -> list[_Target]:
+    """The UNet's attention projections."""
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")  # type: ignore[no-untyped-call]  # diffusers
+    prefix = "unet" if fmt == "peft" else "lora_unet"
+    return [
+        _Target(prefix, path, layer.in_features, layer.out_features)
+        for path, layer in unet.named_modules()
+        if isinstance(layer, torch.nn.Linear) and path.endswith(LORA_TARGETS)
+    ]
+
+
+def _text_layers(model: Path, *, fmt: LoraFormat) -> list[_Target]:
+    """Every text encoder's attention projections, named as real files name them
+    (`text_model.encoder.layers.N.self_attn.q_proj`)."""
+    folders = [folder for folder in _KOHYA_TEXT_PREFIXES if (model / folder).is_dir()]
+    targets = []
+    for folder in folders:
+        config = CLIPTextConfig.from_pretrained(model / folder)
+        # kohya names SD 1's one encoder `lora_te`, SDXL's two `lora_te1` and `lora_te2`.
+        prefix = folder if fmt == "peft" else _KOHYA_TEXT_PREFIXES[folder][len(folders) - 1]
+        width: int = config.hidden_size
+        for index in range(config.num_hidden_layers):
+            for target in TEXT_LORA_TARGETS:
+                path = f"text_model.encoder.layers.{index}.self_attn.{target}"
+                targets.append(_Target(prefix, path, width, width))
+    return targets
+
+
+def _lora_entries(target: _Target, *, down: torch.Tensor, up: torch.Tensor, fmt: LoraFormat) -> dict[str, torch.Tensor]:
     if fmt == "peft":
-        return {f"unet.{path}.lora_A.weight": down, f"unet.{path}.lora_B.weight": up}
+        stem = f"{target.prefix}.{target.path}"
+        return {f"{stem}.lora_A.weight": down, f"{stem}.lora_B.weight": up}
     # kohya: flattened module path, lora_down/lora_up and an alpha (alpha = rank: scaling 1, as in the PEFT file).
-    stem = "lora_unet_" + path.replace(".", "_")
+    stem = f"{target.prefix}_" + target.path.replace(".", "_")
     return {
         f"{stem}.lora_down.weight": down,
         f"{stem}.lora_up.weight": up,
