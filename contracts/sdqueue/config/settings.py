@@ -262,6 +262,19 @@ class RuntimeSettings(_Group):
         "padded to this rank before the compile, so a LoRA is swapped in without recompiling; a LoRA of a higher rank "
         "is an invalid request, and every call pays for this rank (the padding is zeros).",
     )
+    mixed_lora_batches: bool = Field(
+        default=False,
+        description="Let jobs with one LoRA each (different LoRAs, one scale) share a batch, each image through its "
+        "own LoRA (PEFT's per-sample adapter names); off: a batch holds one adapter set. Not with `compile_mode`, "
+        "whose one LoRA slot holds one LoRA at a time. See docs/benchmarks.md.",
+    )
+
+    @model_validator(mode="after")
+    def _mixed_loras_need_eager_mode(self) -> Self:
+        """A compiled UNet swaps one LoRA into its slot (hotswap), so it cannot run several in one call."""
+        if self.mixed_lora_batches and self.compile_mode != "off":
+            raise ValueError("`mixed_lora_batches` needs `compile_mode` off (a compiled UNet holds one LoRA at a time)")
+        return self
 
 
 class BatchSettings(_Group):

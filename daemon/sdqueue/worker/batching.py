@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sdqueue.config import BatchSettings
 from sdqueue.worker.generate import (
@@ -23,6 +23,7 @@ from sdqueue.worker.generate import (
     GenerationSpec,
     ImageGenerator,
     StepPreview,
+    adapter_set,
     batch_key,
 )
 
@@ -40,10 +41,7 @@ class _Item:
     future: asyncio.Future[GeneratedImages]
     rank: int
     queued_at: float
-    key: BatchKey = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.key = batch_key(self.spec)
+    key: BatchKey
 
     @property
     def pixel_steps(self) -> int:
@@ -63,8 +61,10 @@ class Batcher:
         batching: BatchSettings,
         on_batch: Callable[[int], None] | None = None,
         promote_after_s: float = float("inf"),
+        mixed_loras: bool = False,
     ) -> None:
         self._generator = generator
+        self._mixed_loras = mixed_loras  # as the generator's `runtime.mixed_lora_batches`: the keys must agree
         self._promote_after_s = promote_after_s
         self._on_batch = on_batch
         self._executor = executor
@@ -107,6 +107,7 @@ class Batcher:
             future=future,
             rank=rank,
             queued_at=loop.time(),
+            key=batch_key(spec, mixed_loras=self._mixed_loras),
         )
         self._arrivals.put_nowait(item)
         return await future
@@ -150,7 +151,12 @@ class Batcher:
         return sorted(self._held, key=lambda item: -effective(item))  # sorted is stable: arrival order within a rank
 
     def _take_held(self, first: _Item, batch: list[_Item], *, candidates: list[_Item]) -> list[_Item]:
+        """Held jobs that join `first`'s batch. With mixed LoRAs, jobs of `first`'s own adapter set go first and
+        others fill the room left: a batch of one LoRA runs without per-image routing, which costs time."""
         taken: list[_Item] = []
+        if self._mixed_loras:
+            # sorted is stable: arrival order within each of the two groups
+            candidates = sorted(candidates, key=lambda item: adapter_set(item.spec) != adapter_set(first.spec))
         for item in candidates:
             if item.key == first.key and self._fits([*batch, *taken], item):
                 self._held.remove(item)

@@ -137,6 +137,7 @@ async def running_batchers(
             batching=settings.batching,
             on_batch=metrics.batch_images.observe,
             promote_after_s=settings.fairness.promote_after_s,
+            mixed_loras=settings.runtime.mixed_lora_batches,
         )
         for alias, generator in generators.items()
     }

@@ -14,6 +14,7 @@ from sdqueue.worker.generate._spec import (
     ImageGenerator,
     PreviewCallback,
     StepPreview,
+    adapter_set,
     batch_key,
 )
 from sdqueue.worker.generate.families import FAMILIES, Family, family_of_unet
@@ -31,6 +32,7 @@ __all__ = [
     "ImageGenerator",
     "PreviewCallback",
     "StepPreview",
+    "adapter_set",
     "batch_key",
     "build_tiny_model",
     "describe_runtime",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import diffusers
@@ -33,6 +34,7 @@ from sdqueue.worker.generate._spec import (
 )
 from sdqueue.worker.generate.families import Family, family_of_unet
 from sdqueue.worker.generate.hotswap import LoraHotswap
+from sdqueue.worker.generate.mixed_loras import distinct_loras, image_lora_names, per_image_loras
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def load_generator(source: str, *, runtime: RuntimeSettings) -> ImageGenerator:
     budget_bytes = runtime.adapter_memory_mb * 1024 * 1024
     adapters = AdapterSlots(text2img, budget_bytes=budget_bytes, device=device, dtype=dtype, hotswap=hotswap)
     pipelines: dict[Mode, Any] = {"txt2img": text2img, "img2img": img2img, "inpaint": inpaint}
-    return DiffusersGenerator(pipelines, device=device, adapters=adapters)
+    return DiffusersGenerator(pipelines, device=device, adapters=adapters, mixed_loras=runtime.mixed_lora_batches)
 
 
 def apply_speed_options(pipeline: Any, *, runtime: RuntimeSettings) -> None:
@@ -127,13 +129,16 @@ def _warm_up_spec(runtime: RuntimeSettings, *, images: int) -> GenerationSpec:
 class DiffusersGenerator:
     """An ImageGenerator over diffusers pipelines that share their modules."""
 
-    def __init__(self, pipelines: dict[Mode, Any], *, device: torch.device, adapters: AdapterSlots) -> None:
+    def __init__(
+        self, pipelines: dict[Mode, Any], *, device: torch.device, adapters: AdapterSlots, mixed_loras: bool = False
+    ) -> None:
         for pipeline in pipelines.values():
             # from_pipe does not carry this setting over, so each pipeline gets it.
             pipeline.set_progress_bar_config(disable=True)
         self._pipelines = pipelines
         self._device = device
         self._adapters = adapters
+        self._mixed_loras = mixed_loras
         # A compiled UNet still answers `.config` (torch's wrapper forwards attributes to the module).
         self._family = family_of_unet(pipelines["txt2img"].unet.config)
         self._own_scheduler = pipelines["txt2img"].scheduler
@@ -195,12 +200,25 @@ class DiffusersGenerator:
             The errors of `generate`, for the batch as a whole.
         """
         first = specs[0]
-        if any(batch_key(spec) != batch_key(first) for spec in specs):
+        if any(self._key(spec) != self._key(first) for spec in specs):
             raise ValueError("a batch mixes specs with different batch keys")
-        pipeline = self._pipelines[first.mode]
         arguments = self._arguments(specs)
-        # Before the prompts are counted: an embedding's token is one word only once it is bound.
-        self._adapters.apply(first.adapters)
+        # Before `_generate` counts the prompts' tokens: an embedding's token is one word only once it is bound.
+        with self._use_adapters(specs):
+            return self._generate(specs, arguments, on_step=on_step, should_stop=should_stop, on_preview=on_preview)
+
+    def _generate(
+        self,
+        specs: Sequence[GenerationSpec],
+        arguments: dict[str, Any],
+        *,
+        on_step: StepCallback | None,
+        should_stop: StopCheck | None,
+        on_preview: PreviewCallback | None,
+    ) -> list[GeneratedImages]:
+        """The passes of `generate_batch`, once the batch's adapters are in place."""
+        first = specs[0]
+        pipeline = self._pipelines[first.mode]
         warnings = [_truncation_warnings(pipeline, spec) for spec in specs]
         hook = _StepHook(
             on_step=on_step,
@@ -217,6 +235,20 @@ class DiffusersGenerator:
         if first.mode == "inpaint":
             images = _keep_unmasked(images, arguments, specs)
         return _split(images, specs, warnings)
+
+    def _key(self, spec: GenerationSpec) -> tuple[object, ...]:
+        """The spec's batch key as this generator batches (mixed LoRAs or not)."""
+        return batch_key(spec, mixed_loras=self._mixed_loras)
+
+    def _use_adapters(self, specs: Sequence[GenerationSpec]) -> AbstractContextManager[None]:
+        """Activate the batch's adapters; the context returned routes each image through its own LoRA when the
+        batch mixes LoRAs (`runtime.mixed_lora_batches`), and does nothing otherwise."""
+        names = image_lora_names(specs) if self._mixed_loras else None
+        if names is None:
+            self._adapters.apply(specs[0].adapters)
+            return nullcontext()
+        self._adapters.apply(distinct_loras(specs))
+        return per_image_loras(self._pipelines["txt2img"], names)
 
     def _pass(
         self, pipeline: Any, arguments: dict[str, Any], *, hook: _StepHook, scheduler: str | None

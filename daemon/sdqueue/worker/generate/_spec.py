@@ -78,11 +78,13 @@ PreviewCallback = Callable[[int, StepPreview], None]
 BatchKey = tuple[object, ...]
 
 
-def batch_key(spec: GenerationSpec) -> BatchKey:
+def batch_key(spec: GenerationSpec, *, mixed_loras: bool = False) -> BatchKey:
     """Specs with equal keys can share one pipeline call: everything but prompts, seeds, input images, mask blur and
-    previews matches, and so does the set of active adapters with their scales."""
+    previews matches, and so does the set of active adapters with their scales. With `mixed_loras`, specs with one
+    LoRA each and nothing else share a key whichever LoRA it is, as long as the scale is the same (mixed_loras.py)."""
     strength = spec.strength if spec.mode != "txt2img" else None
-    adapters = adapter_set(spec)
+    lora = single_lora(spec) if mixed_loras else None
+    adapters = ("one LoRA per job", lora.scale) if lora is not None else adapter_set(spec)
     return (
         spec.mode,
         spec.width,
@@ -99,6 +101,12 @@ def batch_key(spec: GenerationSpec) -> BatchKey:
 def adapter_set(spec: GenerationSpec) -> frozenset[tuple[str, str, float, str | None]]:
     """The adapters a spec runs with, as (sha256, kind, scale, token); LoRAs at scale 0 are not among them."""
     return frozenset((a.sha256, a.kind, a.scale, a.token) for a in spec.adapters if a.is_active)
+
+
+def single_lora(spec: GenerationSpec) -> AdapterFile | None:
+    """The spec's LoRA when it is its one active adapter (what a mixed batch can route per image); else None."""
+    active = [adapter for adapter in spec.adapters if adapter.is_active]
+    return active[0] if len(active) == 1 and active[0].kind == "lora" else None
 
 
 @dataclass(frozen=True)
