@@ -109,6 +109,20 @@ def test_a_mixed_batch_equals_lone_runs_of_each_job_with_its_lora(mixed_generato
     )
 
 
+def test_a_mixed_batch_of_loras_with_text_encoder_layers_equals_lone_runs(mixed_generator, tiny_model_dir, tmp_path):
+    # The text encoders see one row per image, the UNet two (uncond, cond): both are routed per image.
+    with_text = [
+        _file(build_tiny_lora(tiny_model_dir, tmp_path / f"te-{seed}.safetensors", seed=10 + seed, text_encoder=True))
+        for seed in range(2)
+    ]
+    specs = [_spec("a fox", 1, (with_text[0],)), _spec("a cat", 2, (with_text[1],)), _spec("a dog", 3, (with_text[0],))]
+
+    batched = mixed_generator.generate_batch(specs)
+
+    for spec, result in zip(specs, batched, strict=True):
+        assert np.array_equal(_pixels(mixed_generator, spec)[0], np.asarray(result.images[0]))
+
+
 def test_a_mixed_hires_batch_equals_lone_runs_through_both_passes(mixed_generator, loras):
     hires = HiresPass(width=96, height=96, steps=3, strength=0.5)
     specs = [_spec("a fox", 1, (loras[0],), hires=hires), _spec("a cat", 2, (loras[1],), hires=hires)]
