@@ -2,13 +2,13 @@
 adapter set against mixed-LoRA batches; and what switching the active LoRA costs a call.
 
 Tiny model, 128x128, 10 steps, 2 torch threads, batches of up to 8 images. Jobs alternate adapters (job i uses
-LoRA i mod 4) and are grouped as the worker's batcher groups them (`batch_key`), four ways:
+LoRA i mod 4) and are batched as the worker's batcher batches them (`batch_key`, `Batcher._take_held`) while it
+holds 64 (all), 16 (the default prefetch) or 8 jobs of the stream at once:
 
 - plain: the jobs without adapters, batches of 8;
-- grouped: one adapter set per batch, all 64 jobs waiting at once (the batcher's best case: full batches of 8);
-- grouped, window of 8: one adapter set per batch, the batcher holding 8 jobs of the stream at a time, as with a
-  shallow queue (batches of 2);
-- mixed: `runtime.mixed_lora_batches`, each batch mixing the 4 LoRAs (8 jobs, each image through its own LoRA).
+- grouped: one adapter set per batch, so batches of 8, 4 or 2 as the batcher holds 64, 16 or 8 jobs;
+- mixed: `runtime.mixed_lora_batches`, one LoRA per job and any LoRA in a batch, the first job's LoRA taken
+  first: one-LoRA batches of 8 when all 64 wait, batches mixing the 4 LoRAs (each image through its own) else.
 
 The variants alternate batch by batch and each batch counts with its fastest of ROUNDS runs. Before timing, one
 job of each LoRA is compared bit for bit between a mixed batch and a lone run. The switch cost is the
