@@ -52,14 +52,9 @@ async def test_sign_in_generate_and_watch_progress(chromium: Path, live_bridge: 
     expect.set_options(timeout=STEP_TIMEOUT_MS)
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page()
-        page.set_default_timeout(STEP_TIMEOUT_MS)
+        browser, page = await _open_page(playwright, chromium)
         try:
-            await page.goto(live_bridge.url)
-            await page.fill("#username", "alice")
-            await page.fill("#password", PASSWORDS["alice"])
-            await page.click("#signin")
+            await _sign_in(page, live_bridge.url)
             await expect(page.locator("#job-form")).to_be_visible()
             await page.fill("#prompt", "a lighthouse at dusk")
             for field, value in {"#width": "128", "#height": "128", "#steps": "60", "#seed": "11"}.items():
@@ -95,6 +90,22 @@ OBSERVE_PREVIEWS = """() => {
 }"""
 
 
+async def _open_page(playwright: Any, chromium: Path) -> tuple[Any, Any]:
+    """Headless Chromium and a page whose waits last `STEP_TIMEOUT_MS`."""
+    browser = await playwright.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
+    page = await browser.new_page()
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    return browser, page
+
+
+async def _sign_in(page: Any, url: str) -> None:
+    """Open the page and sign in as alice."""
+    await page.goto(url)
+    await page.fill("#username", "alice")
+    await page.fill("#password", PASSWORDS["alice"])
+    await page.click("#signin")
+
+
 def _recent_jobs(url: str, *, limit: int) -> list[dict[str, Any]]:
     """alice's latest jobs, as `GET /v1/jobs` lists them."""
     headers = {"Authorization": "Bearer " + httpx.post(f"{url}/token", data=ALICE).json()["access_token"]}
@@ -126,14 +137,9 @@ async def test_inpaint_from_the_page_with_a_live_preview(chromium: Path, live_br
     await asyncio.to_thread(_wait_for_model, live_bridge.url, "default")
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page()
-        page.set_default_timeout(STEP_TIMEOUT_MS)
+        browser, page = await _open_page(playwright, chromium)
         try:
-            await page.goto(live_bridge.url)
-            await page.fill("#username", "alice")
-            await page.fill("#password", PASSWORDS["alice"])
-            await page.click("#signin")
+            await _sign_in(page, live_bridge.url)
             await expect(page.locator("#model option[value=default]")).to_contain_text("sd1")
             await expect(page.locator("#scheduler option[value=pndm]")).to_have_count(1)
             await expect(page.locator("#mask-fields")).to_be_hidden()
@@ -170,14 +176,9 @@ async def test_a_named_lora_from_the_page_reaches_the_job(chromium: Path, live_b
     await asyncio.to_thread(_wait_for_model, live_bridge.url, "default")
 
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page()
-        page.set_default_timeout(STEP_TIMEOUT_MS)
+        browser, page = await _open_page(playwright, chromium)
         try:
-            await page.goto(live_bridge.url)
-            await page.fill("#username", "alice")
-            await page.fill("#password", PASSWORDS["alice"])
-            await page.click("#signin")
+            await _sign_in(page, live_bridge.url)
             await expect(page.locator(f"#adapter-name option[value={SESSION_LORA}]")).to_contain_text("lora")
             await page.select_option("#adapter-name", SESSION_LORA)
             await page.fill("#adapter-scale", "0.6")

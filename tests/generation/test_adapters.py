@@ -17,6 +17,7 @@ from sdqueue.contracts.errors import InvalidRequest
 from sdqueue.worker.generate import AdapterFile, GenerationSpec, ImageGenerator, load_generator
 from sdqueue.worker.generate._invariant import _linear_forward
 from sdqueue.worker.generate.tiny_adapters import build_tiny_embedding, build_tiny_lora
+from tests.generation.specs import spec
 from tests.plugins.tiny_model import TEST_RUNTIME
 
 pytestmark = pytest.mark.slow  # runs the tiny model on CPU
@@ -28,20 +29,7 @@ def _file(path: Path, *, kind: str = "lora", scale: float = 1.0, token: str | No
 
 
 def _spec(prompt: str = "a fox", seed: int = 1, adapters: tuple[AdapterFile, ...] = ()) -> GenerationSpec:
-    return GenerationSpec(
-        mode="txt2img",
-        prompt=prompt,
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=3,
-        guidance_scale=7.5,
-        seeds=(seed,),
-        scheduler=None,
-        strength=0.75,
-        init_image=None,
-        adapters=adapters,
-    )
+    return spec(prompt=prompt, seeds=(seed,), adapters=adapters)
 
 
 def _pixels(generator: ImageGenerator, spec: GenerationSpec) -> np.ndarray:

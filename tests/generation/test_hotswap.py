@@ -21,6 +21,7 @@ from sdqueue.config import RuntimeSettings
 from sdqueue.contracts.errors import InvalidRequest
 from sdqueue.worker.generate import AdapterFile, GenerationSpec, ImageGenerator, load_generator
 from sdqueue.worker.generate.tiny_adapters import build_tiny_lora
+from tests.generation.specs import spec
 
 pytestmark = [
     pytest.mark.slow,  # runs the tiny model
@@ -44,20 +45,7 @@ def _file(path: Path, *, scale: float = 1.0) -> AdapterFile:
 
 
 def _spec(*adapters: AdapterFile) -> GenerationSpec:
-    return GenerationSpec(
-        mode="txt2img",
-        prompt="a fox",
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=2,
-        guidance_scale=7.5,
-        seeds=(1,),
-        scheduler=None,
-        strength=0.75,
-        init_image=None,
-        adapters=adapters,
-    )
+    return spec(prompt="a fox", steps=2, adapters=adapters)
 
 
 def _pixels(generator: ImageGenerator, spec: GenerationSpec) -> np.ndarray:

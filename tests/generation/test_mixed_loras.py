@@ -27,6 +27,7 @@ from sdqueue.worker.generate import (
     load_generator,
 )
 from sdqueue.worker.generate.tiny_adapters import build_tiny_lora
+from tests.generation import specs as base_specs
 from tests.generation.test_batching import RecordingGenerator
 from tests.plugins.tiny_model import TEST_RUNTIME
 
@@ -39,21 +40,7 @@ def _file(path: Path, *, scale: float = 0.8) -> AdapterFile:
 
 
 def _spec(prompt: str, seed: int, adapters: tuple[AdapterFile, ...] = (), **changes: object) -> GenerationSpec:
-    spec = GenerationSpec(
-        mode="txt2img",
-        prompt=prompt,
-        negative_prompt="",
-        width=64,
-        height=64,
-        steps=3,
-        guidance_scale=7.5,
-        seeds=(seed,),
-        scheduler=None,
-        strength=0.75,
-        init_image=None,
-        adapters=adapters,
-    )
-    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+    return base_specs.spec(base_specs.TXT2IMG, prompt=prompt, seeds=(seed,), adapters=adapters, **changes)
 
 
 def _pixels(generator: ImageGenerator, spec: GenerationSpec) -> list[np.ndarray]:

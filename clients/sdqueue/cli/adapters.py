@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sdqueue.cli._output import format_table, print_error
-from sdqueue.client import SdqueueClient
+from sdqueue.cli.fleet import print_heard
 from sdqueue.client.storage import upload_adapter
 from sdqueue.config import load_settings
 from sdqueue.contracts import WorkerHeartbeat
@@ -73,10 +73,7 @@ async def put_adapter(file: Path) -> int:
 
 async def list_adapters(*, listen_s: float) -> int:
     """Print the named adapters live workers announce; exit status 1 when no worker was heard from."""
-    async with SdqueueClient(load_settings()) as client:
-        fleet = await client.fleet(listen_s=listen_s)
-    print(format_adapters(fleet))
-    return 0 if fleet else 1
+    return await print_heard(format_adapters, listen_s=listen_s)
 
 
 def format_adapters(fleet: Sequence[WorkerHeartbeat]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sdqueue.cli._output import format_table
 from sdqueue.client import SdqueueClient
@@ -21,9 +21,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 async def list_models(*, listen_s: float) -> int:
     """Print the fleet's tables; exit status 1 when no worker was heard from."""
+    return await print_heard(format_fleet, listen_s=listen_s)
+
+
+async def print_heard(describe: Callable[[Sequence[WorkerHeartbeat]], str], *, listen_s: float) -> int:
+    """Listen to the workers' heartbeats for `listen_s`, print what `describe` makes of them; exit status 1 when
+    no worker was heard from."""
     async with SdqueueClient(load_settings()) as client:
         fleet = await client.fleet(listen_s=listen_s)
-    print(format_fleet(fleet))
+    print(describe(fleet))
     return 0 if fleet else 1
 
 
