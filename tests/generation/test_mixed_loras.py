@@ -40,7 +40,8 @@ def _file(path: Path, *, scale: float = 0.8) -> AdapterFile:
 
 
 def _spec(prompt: str, seed: int, adapters: tuple[AdapterFile, ...] = (), **changes: object) -> GenerationSpec:
-    return base_specs.spec(base_specs.TXT2IMG, prompt=prompt, seeds=(seed,), adapters=adapters, **changes)
+    fields: dict[str, object] = {"prompt": prompt, "seeds": (seed,), "adapters": adapters, **changes}
+    return base_specs.spec(base_specs.TXT2IMG, **fields)
 
 
 def _pixels(generator: ImageGenerator, spec: GenerationSpec) -> list[np.ndarray]:
